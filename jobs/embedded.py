@@ -1,0 +1,150 @@
+"""The embedded stack of ``genq run``: whatever this machine lacks, started here and stopped after.
+
+A private Redis when ``GENQ_REDIS_URL`` is unset, one ``celery worker`` process (with beat inside it)
+serving every queue, and with ``sandbox`` the fake providers on loopback with accounts pointed at
+them. Children get the resolved settings through their environment, so they see exactly what this
+process sees.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from jobs.redisserver import EmbeddedRedis
+from jobs.settings import Settings
+
+SANDBOX_KEY_ENV = "GENQ_SANDBOX_KEY"
+SANDBOX_IMAGE_SIDE = 512
+"""Pixels on the long side of sandbox pictures in a run: the aspect is exact, the size is kept small."""
+
+
+class EmbeddedStack:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sandbox: bool = False,
+        concurrency: int = 8,
+        providers: tuple[str, ...] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.use_sandbox = sandbox
+        self.concurrency = concurrency
+        self.providers = providers
+        """The providers the sandbox's accounts cover; every provider genq can drive when None."""
+        self.var_dir = settings.var_dir.resolve()
+        self.redis: EmbeddedRedis | None = None
+        self.sandbox_server: object | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.fresh_broker = False
+        """True when this stack started the broker, so no message of an earlier run survives in it."""
+        self.env: dict[str, str] = {}
+
+    def start_services(self) -> Settings:
+        """Start Redis and the sandbox as needed; the settings every process of this run should use."""
+        self.var_dir.mkdir(parents=True, exist_ok=True)
+        redis_url = self.settings.redis_url
+        if not redis_url:
+            self.redis = EmbeddedRedis(self.var_dir)
+            redis_url = self.redis.start()
+            self.fresh_broker = self.redis.process is not None
+        accounts = self.settings.accounts
+        if self.use_sandbox:
+            accounts = self._start_sandbox()
+        self.env = {
+            "GENQ_VAR_DIR": str(self.var_dir),
+            "GENQ_REDIS_URL": redis_url,
+            "GENQ_DATABASE_URL": self.settings.resolved_database_url(),
+            "GENQ_STORAGE_URL": self.settings.resolved_storage_url(),
+            "GENQ_ACCOUNTS": str(Path(accounts).resolve()),
+        }
+        return self.settings.model_copy(
+            update={
+                "redis_url": redis_url,
+                "database_url": self.env["GENQ_DATABASE_URL"],
+                "storage_url": self.env["GENQ_STORAGE_URL"],
+                "accounts": Path(self.env["GENQ_ACCOUNTS"]),
+            }
+        )
+
+    def start_worker(self) -> None:
+        logs = self.var_dir / "logs"
+        logs.mkdir(exist_ok=True)
+        command = [
+            sys.executable, "-m", "celery", "-A", "workers", "worker",
+            "--beat", "--schedule", str(self.var_dir / "celerybeat-schedule"),
+            "--queues", "control,submit,poll,collect",
+            "--pool", "threads", "--concurrency", str(self.concurrency),
+            "--hostname", f"genq-run-{os.getpid()}@%h",
+            "--loglevel", "INFO",
+        ]  # fmt: skip
+        log = open(logs / "worker.log", "ab")  # noqa: SIM115  (owned by the child)
+        self.worker = subprocess.Popen(
+            command,
+            env={**os.environ, **self.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+
+    def worker_alive(self) -> bool:
+        return self.worker is not None and self.worker.poll() is None
+
+    def stop(self) -> None:
+        if self.worker is not None:
+            if self.worker.poll() is None:
+                self.worker.send_signal(signal.SIGTERM)
+                try:
+                    self.worker.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.worker.pid, signal.SIGKILL)
+                    self.worker.wait()
+            self.worker = None
+        if self.sandbox_server is not None:
+            self.sandbox_server.stop()  # type: ignore[attr-defined]
+            self.sandbox_server = None
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+    def _start_sandbox(self) -> Path:
+        from sandbox.config import SandboxConfig
+        from sandbox.server import SandboxServer
+        from workers.providers import ADAPTERS
+
+        config = SandboxConfig.from_env()
+        if config.image_long_side is None:
+            config = config.model_copy(update={"image_long_side": SANDBOX_IMAGE_SIDE})
+        server = SandboxServer(config, state_file=self.var_dir / "sandbox-world.pickle")
+        server.start()
+        self.sandbox_server = server
+        # The same key every run: the sandbox keeps its tasks per key, and a resumed run must find them.
+        key = os.environ.get(SANDBOX_KEY_ENV) or "sandbox-local-key"
+        os.environ[SANDBOX_KEY_ENV] = key
+        path = self.var_dir / "sandbox-accounts.yaml"
+        accounts = [
+            {
+                "name": f"sandbox-{provider}",
+                "provider": provider,
+                "api_key_env": SANDBOX_KEY_ENV,
+                "rpm": 600,
+                "max_in_flight": 32,
+                **server.account_settings(provider),
+            }
+            for provider in self.providers or tuple(ADAPTERS)
+        ]
+        path.write_text(yaml.safe_dump({"accounts": accounts}, sort_keys=False))
+        return path
+
+    def __enter__(self) -> EmbeddedStack:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()

@@ -1,0 +1,68 @@
+"""The job state machine. Every move is a compare-and-set, so a duplicated message moves nothing.
+
+pending -> queued -> submitting -> running -> collecting -> succeeded
+              |           |            |            |
+              +-----------+------------+------------+--> failed / canceled
+                          +-> uncertain (the answer to a paid call was lost)
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col
+
+from jobs.models import Job, utcnow
+
+
+class JobState(StrEnum):
+    PENDING = "pending"
+    QUEUED = "queued"
+    SUBMITTING = "submitting"
+    RUNNING = "running"
+    COLLECTING = "collecting"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELED = "canceled"
+    UNCERTAIN = "uncertain"
+
+
+FINAL: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
+IN_FLIGHT: frozenset[JobState] = frozenset({JobState.QUEUED, JobState.SUBMITTING, JobState.RUNNING, JobState.UNCERTAIN})
+"""States in which a job holds a place of its account's in-flight cap."""
+
+_ENDS = {JobState.FAILED, JobState.CANCELED}
+ALLOWED: dict[JobState, frozenset[JobState]] = {
+    JobState.PENDING: frozenset({JobState.QUEUED, *_ENDS}),
+    JobState.QUEUED: frozenset({JobState.SUBMITTING, JobState.PENDING, *_ENDS}),
+    JobState.SUBMITTING: frozenset(
+        {JobState.RUNNING, JobState.COLLECTING, JobState.QUEUED, JobState.PENDING, JobState.UNCERTAIN, *_ENDS}
+    ),
+    JobState.RUNNING: frozenset({JobState.COLLECTING, *_ENDS}),
+    JobState.COLLECTING: frozenset({JobState.SUCCEEDED, *_ENDS}),
+    JobState.UNCERTAIN: frozenset({JobState.RUNNING, JobState.PENDING, *_ENDS}),
+    JobState.SUCCEEDED: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    """A move the state machine does not have; a bug in the caller, never an input error."""
+
+
+def move(session: Session, job_id: int, source: JobState, target: JobState, **values: Any) -> bool:
+    """Move a job from ``source`` to ``target`` if it is still in ``source``; say whether it moved.
+
+    The caller commits; ``values`` are written in the same statement (``error``, ``account``...).
+    """
+    if target not in ALLOWED[source]:
+        raise IllegalTransition(f"{source} -> {target}")
+    result = session.execute(
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.state) == source.value)
+        .values(state=target.value, updated_at=utcnow(), **values)
+    )
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]

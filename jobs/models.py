@@ -1,0 +1,119 @@
+"""The tables: a batch, its jobs, the provider tasks a job started, and the images it produced.
+
+Timestamps are aware UTC datetimes (``utcnow``); SQLModel stores them as UTC on both databases.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Batch(SQLModel, table=True):
+    __tablename__ = "batches"
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    source: str
+    """The file it came from, as the person named it."""
+    content_hash: str = Field(index=True)
+    dedupe_key: str | None = Field(default=None, unique=True)
+    """The content hash, unless the batch was forced in again; a second copy of a file finds the first."""
+    priority: int = 0
+    state: str = Field(default="running", index=True)
+    job_count: int = 0
+    created_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+    manifest_key: str | None = None
+
+
+class Job(SQLModel, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_admission", "state", "provider", "priority", "id"),
+        Index("ix_jobs_batch_state", "batch_id", "state"),
+        Index("ix_jobs_batch_pending", "batch_id", "state", "provider", "id"),
+        Index("ix_jobs_state_updated", "state", "updated_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: int = Field(foreign_key="batches.id")
+    seq: int
+    """The job's place in its batch, from 1."""
+    line: int
+    """The line of the batch file it came from."""
+    name: str | None = None
+    provider: str
+    account: str | None = Field(default=None, index=True)
+    """The account chosen by admission (or pinned by the batch file)."""
+    pinned_account: str | None = None
+    priority: int = 0
+    spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
+    state: str = Field(default="pending")
+    attempts: int = 0
+    """Submissions sent that failed transiently."""
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+
+
+class ProviderTask(SQLModel, table=True):
+    """One task at a provider; a single submit may start several (gencraft ``count``, a sprite batch)."""
+
+    __tablename__ = "provider_tasks"
+    __table_args__ = (Index("ix_provider_tasks_due", "state", "next_poll_at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    index: int
+    account: str
+    provider: str
+    remote_id: str
+    """The provider's own task id."""
+    state: str = "running"
+    images: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    """Where the finished pictures are: ``{"url": ...}`` for each, filled when the task completes."""
+    error: str | None = None
+    polls: int = 0
+    submitted_at: datetime = Field(default_factory=utcnow)
+    next_poll_at: datetime = Field(default_factory=utcnow)
+    finished_at: datetime | None = None
+
+
+class Asset(SQLModel, table=True):
+    """A picture copied into our own storage."""
+
+    __tablename__ = "assets"
+    __table_args__ = (UniqueConstraint("job_id", "index", name="uq_assets_job_index"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    index: int
+    key: str
+    sha256: str
+    bytes: int
+    width: int
+    height: int
+    content_type: str
+    created_at: datetime = Field(default_factory=utcnow)
+
+
+class AccountBalance(SQLModel, table=True):
+    """The credits a provider last said an account has left (girlgenerator answers it on each submit).
+
+    The provider's own balance is shared with its web site, so this is what it said, when it said it.
+    """
+
+    __tablename__ = "account_balances"
+
+    account: str = Field(primary_key=True)
+    provider: str
+    credits_remaining: float
+    updated_at: datetime = Field(default_factory=utcnow)

@@ -1,0 +1,90 @@
+"""Every knob of genq, read from the environment (prefix ``GENQ_``).
+
+With nothing set, genq runs on the embedded stack: SQLite and files under ``./var`` and a private
+Redis started on demand. A deployment sets the URLs to its own services.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GENQ_", extra="ignore")
+
+    var_dir: Path = Path("var")
+    """Where the embedded stack keeps its database, objects and Redis socket."""
+
+    database_url: str | None = None
+    """SQLAlchemy URL; unset means SQLite at ``<var_dir>/genq.db``."""
+
+    redis_url: str | None = None
+    """Broker and rate-limit store; unset means a private redis-server on a socket in ``var_dir``."""
+
+    storage_url: str | None = None
+    """``file://path``, ``s3://bucket/prefix`` or ``memory://``; unset means ``<var_dir>/objects``."""
+
+    accounts: Path = Path("accounts.yaml")
+    """The provider accounts file."""
+
+    batches_dir: Path = Path("batches")
+    """The drop folder: ``inbox/``, ``done/`` and ``failed/`` below it."""
+
+    dispatch_interval: float = 2.0
+    """Seconds between dispatcher rounds when nothing kicks it."""
+
+    sweep_interval: float = 1.0
+    """Seconds between poll sweeps."""
+
+    reconcile_interval: float = 30.0
+    """Seconds between sweeps for jobs whose wake-up message was lost."""
+
+    stale_after: float = 120.0
+    """Seconds a job may sit in queued, submitting or collecting before the reconciler acts."""
+
+    first_poll_delay: float = 2.0
+    """Seconds from submit to the first poll when nothing has been learned yet."""
+
+    max_poll_interval: float = 30.0
+    """Seconds; the longest wait between two polls of one provider task."""
+
+    max_task_age: float = 3600.0
+    """Seconds a provider task may run before its job fails as timed out."""
+
+    rate_window_margin: float = 0.5
+    """Seconds added to the 60-second window of each key's limit, for the time a request takes to
+    reach the provider; 0.5 s costs under 1% of the allowance."""
+
+    rotation_pause: float = 900.0
+    """Seconds an account stays out of rotation after its key was refused or its balance ran out;
+    then one job tries it again."""
+
+    submit_attempts: int = 3
+    """How often a job is sent after a transient failure before it fails."""
+
+    http_timeout: float = 60.0
+    """Seconds for one provider call."""
+
+    max_image_bytes: int = 50 * 1024 * 1024
+    """The largest image genq downloads; a larger answer is refused."""
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.var_dir / 'genq.db').resolve()}"
+
+    def resolved_storage_url(self) -> str:
+        if self.storage_url:
+            return self.storage_url
+        return f"file://{(self.var_dir / 'objects').resolve()}"
+
+    def redis_socket(self) -> Path:
+        """The unix socket of the embedded Redis."""
+        return (self.var_dir / "redis.sock").resolve()
+
+    def resolved_redis_url(self) -> str:
+        if self.redis_url:
+            return self.redis_url
+        return f"redis+socket://{self.redis_socket()}"

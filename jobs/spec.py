@@ -1,0 +1,79 @@
+"""The values a batch file becomes: frozen, validated, and free of anything secret.
+
+A ``JobSpec`` is one generation as the person asked for it, in genq's own vocabulary; each provider
+adapter translates it into its own request. It travels into the database as JSON and back.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+PROVIDERS: tuple[str, ...] = ("gencraft", "girlgenerator", "talecraft", "qtpixel", "cloudsway")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*$")
+
+
+class JobSpec(BaseModel):
+    """One generation: a prompt, where to send it, and how it should look."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    prompt: str = Field(min_length=1)
+    provider: str
+    account: str | None = None
+    """Pin the job to one account of the provider's pool; unset lets the dispatcher choose."""
+    name: str | None = None
+    """The stored image's key below the batch (``sku-1042/front``); unset means the job's number."""
+    model: str | None = None
+    mode: str | None = None
+    aspect: str | None = None
+    size: str | None = None
+    count: int = Field(default=1, ge=1)
+    references: tuple[str, ...] = ()
+    seed: int | None = None
+    steps: int | None = None
+    style: str | None = None
+    background: str | None = None
+    sprite: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+    """Passed to the provider as is, after genq's own fields."""
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return value
+
+    @field_validator("provider")
+    @classmethod
+    def _known_provider(cls, value: str) -> str:
+        if value not in PROVIDERS:
+            raise ValueError(f"unknown provider {value!r}; known: {', '.join(PROVIDERS)}")
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and (not _NAME.match(value) or ".." in value):
+            raise ValueError(
+                f"{value!r} is not a usable image name: letters, digits, '.', '_', '-' and '/' between parts"
+            )
+        return value
+
+
+class BatchSpec(BaseModel):
+    """A whole batch file, checked: its jobs in file order, and the hash that makes it the same batch."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    source: str
+    content_hash: str
+    priority: int = 0
+    jobs: tuple[JobSpec, ...]
+    lines: tuple[int, ...]
+    """The source line of each job, in the same order."""

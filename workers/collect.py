@@ -1,0 +1,152 @@
+"""Collect: copy a finished job's pictures into our storage at once (remote links expire), checked.
+
+A picture is downloaded with a size cap, opened with Pillow to prove it is a real image, stored under
+a stable key and recorded as an Asset. Collecting again after a crash rewrites the same keys and
+skips the assets already recorded, so it is safe to repeat.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+from dataclasses import dataclass
+
+import httpx
+from PIL import Image, UnidentifiedImageError
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from jobs.db import session_scope
+from jobs.lifecycle import JobState, move
+from jobs.models import Asset, Batch, Job, ProviderTask
+from jobs.storage import batch_folder
+from workers.runtime import Runtime
+
+
+class CollectError(Exception):
+    """A picture that cannot be taken; ``final`` when downloading it again cannot help."""
+
+    def __init__(self, message: str, *, final: bool) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+@dataclass(frozen=True)
+class Picture:
+    data: bytes
+    width: int
+    height: int
+    content_type: str
+    extension: str
+
+
+_TYPES = {"PNG": ("image/png", "png"), "JPEG": ("image/jpeg", "jpg"), "WEBP": ("image/webp", "webp")}
+
+
+def collect_job(runtime: Runtime, job_id: int) -> bool:
+    """Store every picture of a collecting job and mark it succeeded; False if it was not collecting."""
+    with Session(runtime.engine) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.state != JobState.COLLECTING:
+            return False
+        batch = session.get(Batch, job.batch_id)
+        tasks = list(
+            session.exec(
+                select(ProviderTask).where(col(ProviderTask.job_id) == job_id).order_by(col(ProviderTask.index))
+            ).all()
+        )
+        done = set(session.exec(select(Asset.index).where(col(Asset.job_id) == job_id)).all())
+    assert batch is not None
+    urls = [image["url"] for task in tasks for image in task.images]
+    for index, url in enumerate(urls):
+        if index in done:
+            continue
+        picture = check_picture(download(runtime, url))
+        key = asset_key(batch, job, index, len(urls), picture.extension)
+        runtime.storage.put(key, picture.data)
+        _record(runtime, job_id, index, key, picture)
+    with session_scope(runtime.engine) as session:
+        return move(session, job_id, JobState.COLLECTING, JobState.SUCCEEDED, error=None)
+
+
+def fail_collect(runtime: Runtime, job_id: int, reason: str) -> None:
+    with session_scope(runtime.engine) as session:
+        move(session, job_id, JobState.COLLECTING, JobState.FAILED, error=reason)
+
+
+def asset_key(batch: Batch, job: Job, index: int, total: int, extension: str) -> str:
+    stem = job.name or f"{job.seq:05d}"
+    suffix = f"-{index + 1}" if total > 1 else ""
+    assert batch.id is not None
+    return f"{batch_folder(batch.id, batch.name)}/{stem}{suffix}.{extension}"
+
+
+def download(runtime: Runtime, url: str) -> bytes:
+    limit = runtime.settings.max_image_bytes
+    if url.startswith("data:"):
+        return _inline(url, limit)
+    try:
+        with runtime.http.stream("GET", url) as response:
+            if response.status_code in (403, 404, 410):
+                raise CollectError(f"image {url} answered {response.status_code}", final=True)
+            if not response.is_success:
+                raise CollectError(f"image {url} answered {response.status_code}", final=False)
+            declared = int(response.headers.get("content-length") or 0)
+            if declared > limit:
+                raise CollectError(f"image {url} is {declared} bytes, over the {limit} byte limit", final=True)
+            body = bytearray()
+            for chunk in response.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise CollectError(f"image {url} is over the {limit} byte limit", final=True)
+            return bytes(body)
+    except httpx.TransportError as error:
+        raise CollectError(f"image {url} could not be downloaded: {type(error).__name__}", final=False) from None
+
+
+def check_picture(data: bytes) -> Picture:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.verify()
+        with Image.open(io.BytesIO(data)) as image:
+            width, height, kind = image.width, image.height, image.format
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise CollectError(f"not a readable image ({len(data)} bytes): {error}", final=True) from None
+    if kind not in _TYPES:
+        raise CollectError(f"an image of type {kind}, not PNG, JPEG or WebP", final=True)
+    content_type, extension = _TYPES[kind]
+    return Picture(data, width, height, content_type, extension)
+
+
+def _record(runtime: Runtime, job_id: int, index: int, key: str, picture: Picture) -> None:
+    try:
+        with session_scope(runtime.engine) as session:
+            session.add(
+                Asset(
+                    job_id=job_id,
+                    index=index,
+                    key=key,
+                    sha256=hashlib.sha256(picture.data).hexdigest(),
+                    bytes=len(picture.data),
+                    width=picture.width,
+                    height=picture.height,
+                    content_type=picture.content_type,
+                )
+            )
+    except IntegrityError:
+        pass  # recorded by an earlier delivery of the same collect
+
+
+def _inline(url: str, limit: int) -> bytes:
+    """The bytes of a ``data:`` URL, as a provider sends a picture inline."""
+    header, _, payload = url.partition(",")
+    if not header.endswith(";base64"):
+        raise CollectError("an inline image is not base64", final=True)
+    if len(payload) * 3 // 4 > limit:
+        raise CollectError(f"an inline image is over the {limit} byte limit", final=True)
+    try:
+        return base64.b64decode(payload, validate=True)
+    except binascii.Error:
+        raise CollectError("an inline image is not valid base64", final=True) from None

@@ -1,0 +1,131 @@
+"""Admission: how many pending jobs each account can take now, and claiming exactly that many.
+
+Pending work waits in the database, not in the broker: a round claims only what each account may
+send in the next moments (its in-flight room and what its rate limit allows right now), marks those
+jobs ``queued`` with the account chosen, and returns them for a submit message each. Two dispatchers
+at once cannot claim one job twice: the claim is a compare-and-set on ``pending`` (and on PostgreSQL
+the candidates are locked with SKIP LOCKED, so they do not even contend).
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timedelta
+from itertools import groupby, zip_longest
+
+from sqlalchemy import Engine, func, or_, update
+from sqlmodel import Session, col, select
+
+from jobs.accounts import Account
+from jobs.db import is_sqlite, session_scope
+from jobs.lifecycle import IN_FLIGHT, JobState
+from jobs.models import Batch, Job, ProviderTask, utcnow
+from workers.providers import ADAPTERS
+from workers.runtime import Runtime
+
+
+def dispatch(runtime: Runtime) -> list[int]:
+    """One admission round; the ids of the jobs it queued, in the order they should be sent.
+
+    Where a provider counts polls against the key's limit, polls come first: a round leaves the
+    requests that polls due soon will need, because a finished picture waiting for its poll holds an
+    in-flight place and a link that may expire, while a job waiting to be sent costs nothing yet.
+    """
+    busy = in_flight(runtime.engine)
+    horizon = utcnow() + timedelta(seconds=2 * runtime.settings.dispatch_interval)
+    queued: list[int] = []
+    for account in runtime.accounts.values():
+        adapter = ADAPTERS.get(account.provider)
+        if adapter is None:
+            continue
+        room = account.max_in_flight - busy.get(account.name, 0)
+        if room <= 0:
+            continue
+        allowance = runtime.limiter.available(account.name, account.rpm)
+        if adapter.polls_count_against_limit and allowance > 0:
+            allowance -= math.ceil(polls_due(runtime.engine, account.name, horizon) / adapter.batch_poll_size)
+        room = min(room, allowance)
+        if room > 0:
+            queued += claim(runtime.engine, account, room)
+    return queued
+
+
+def polls_due(engine: Engine, account: str, by: datetime) -> int:
+    """Provider tasks of the account that will be polled before ``by``."""
+    with session_scope(engine) as session:
+        return session.exec(
+            select(func.count())
+            .select_from(ProviderTask)
+            .where(
+                col(ProviderTask.state) == "running",
+                col(ProviderTask.account) == account,
+                col(ProviderTask.next_poll_at) <= by,
+            )
+        ).one()
+
+
+def in_flight(engine: Engine) -> dict[str, int]:
+    """Jobs holding a place of each account's in-flight cap."""
+    with session_scope(engine) as session:
+        rows = session.exec(
+            select(Job.account, func.count())
+            .where(col(Job.state).in_([state.value for state in IN_FLIGHT]), col(Job.account).is_not(None))
+            .group_by(col(Job.account))
+        ).all()
+    return {account: count for account, count in rows if account is not None}
+
+
+def claim(engine: Engine, account: Account, limit: int) -> list[int]:
+    """Move up to ``limit`` pending jobs this account can serve to ``queued``.
+
+    Higher-priority batches first; between batches of equal priority, fair shares: the candidates
+    are dealt round-robin, one job of each batch in turn, so an overnight catalog of 50,000 jobs does
+    not starve a sprite batch of 40 started after it. Each batch's candidates are read through the
+    ``(batch_id, state, provider, id)`` index with a limit, so a round costs the same with a
+    thousand pending jobs as with a million.
+    """
+    with session_scope(engine) as session:
+        batches = session.exec(
+            select(Batch.id, Batch.priority)
+            .where(col(Batch.state) == "running")
+            .order_by(col(Batch.priority).desc(), col(Batch.id))
+        ).all()
+        chosen: list[int] = []
+        for _, group in groupby(batches, key=lambda row: row[1]):
+            per_batch = [_candidates(session, engine, account, batch_id, limit - len(chosen)) for batch_id, _ in group]
+            chosen += _round_robin(per_batch, limit - len(chosen))
+            if len(chosen) >= limit:
+                break
+        if not chosen:
+            return []
+        moved = session.execute(
+            update(Job)
+            .where(col(Job.id).in_(chosen), col(Job.state) == JobState.PENDING.value)
+            .values(state=JobState.QUEUED.value, account=account.name, updated_at=utcnow())
+            .returning(col(Job.id))
+        )
+        claimed = {row[0] for row in moved}
+    return [job_id for job_id in chosen if job_id in claimed]
+
+
+def _candidates(session: Session, engine: Engine, account: Account, batch_id: int | None, limit: int) -> list[int]:
+    query = (
+        select(Job.id)
+        .where(
+            col(Job.batch_id) == batch_id,
+            col(Job.state) == JobState.PENDING.value,
+            col(Job.provider) == account.provider,
+            or_(col(Job.pinned_account).is_(None), col(Job.pinned_account) == account.name),
+        )
+        .order_by(col(Job.id))
+        .limit(limit)
+    )
+    if not is_sqlite(engine):
+        query = query.with_for_update(skip_locked=True)
+    return [job_id for job_id in session.exec(query).all() if job_id is not None]
+
+
+def _round_robin(queues: list[list[int]], limit: int) -> list[int]:
+    """One from each queue in turn until ``limit`` are taken or every queue is empty."""
+    dealt = [job_id for row in zip_longest(*queues) for job_id in row if job_id is not None]
+    return dealt[:limit]

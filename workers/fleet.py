@@ -1,0 +1,67 @@
+"""Where each account stands now, across the fleet: requests used in the last minute against its limit,
+in-flight against its cap, a pause and why, and the balance its provider last told. For ``genq status``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+import redis
+from sqlmodel import Session, select
+
+from jobs.accounts import Account
+from jobs.models import AccountBalance
+from workers.dispatch import in_flight
+from workers.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class AccountReport:
+    name: str
+    provider: str
+    rpm: int
+    max_in_flight: int
+    in_flight: int
+    used_last_minute: int | None
+    """None when the broker (which keeps the limits) does not answer."""
+    paused_for: float = 0.0
+    paused_because: str = ""
+    out_of_rotation: bool = False
+    credits_remaining: float | None = None
+    credits_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["credits_at"] = self.credits_at.isoformat() if self.credits_at else None
+        return data
+
+
+def account_reports(runtime: Runtime, accounts: Mapping[str, Account]) -> list[AccountReport]:
+    busy = in_flight(runtime.engine)
+    with Session(runtime.engine) as session:
+        balances = {balance.account: balance for balance in session.exec(select(AccountBalance)).all()}
+    reports = []
+    for account in accounts.values():
+        try:
+            standing = runtime.limiter.standing(account.name)
+        except (redis.RedisError, OSError):
+            standing = None
+        balance = balances.get(account.name)
+        reports.append(
+            AccountReport(
+                name=account.name,
+                provider=account.provider,
+                rpm=account.rpm,
+                max_in_flight=account.max_in_flight,
+                in_flight=busy.get(account.name, 0),
+                used_last_minute=standing.used if standing else None,
+                paused_for=standing.paused_for if standing else 0.0,
+                paused_because=standing.reason if standing else "",
+                out_of_rotation=standing.out_of_rotation if standing else False,
+                credits_remaining=balance.credits_remaining if balance else None,
+                credits_at=balance.updated_at if balance else None,
+            )
+        )
+    return reports

@@ -1,0 +1,25 @@
+"""Every Redis key genq writes, in one place. A deployment may share a Redis: all start ``genq:``."""
+
+from __future__ import annotations
+
+PREFIX = "genq"
+
+
+def rate_log(account: str) -> str:
+    """A sorted set of this account's requests in the last minute, scored by Redis time (ms)."""
+    return f"{PREFIX}:rate:{account}:log"
+
+
+def rate_pause(account: str) -> str:
+    """Present while the account is paused for the whole fleet (after a 429); its TTL is the wait."""
+    return f"{PREFIX}:rate:{account}:pause"
+
+
+def kick(name: str) -> str:
+    """A short-lived marker that debounces wake-ups of a periodic task."""
+    return f"{PREFIX}:kick:{name}"
+
+
+def first_poll() -> str:
+    """A hash of the learned first-poll delay (seconds), by ``provider:model``."""
+    return f"{PREFIX}:timing:first-poll"

@@ -1,0 +1,108 @@
+"""What a batch will cost before anything is sent: provider requests, credits, and time at its accounts' limits.
+
+The same rules the fleet runs by are counted here, so the estimate holds: one submit a job (plus an
+upload a reference where the provider takes them that way), polls as the learned first-poll delay
+makes them (``QUANTILE`` of tasks done at the first poll, the rest at a follow-up), grouped as the
+provider allows, and only the requests a provider counts spend its keys' allowance. Time is the
+longer of what the allowance (a minute's worth at once, then as the window frees) and the in-flight
+caps permit, plus one generation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from jobs.accounts import Account
+from jobs.spec import BatchSpec, JobSpec
+from workers.providers import ADAPTERS
+from workers.timing import QUANTILE
+
+FOLLOW_UPS_PER_MISS = 1.5
+"""Follow-up polls a task not done at its first poll takes, on average (the follow-ups back off)."""
+
+
+@dataclass(frozen=True)
+class ProviderPlan:
+    provider: str
+    jobs: int
+    pictures: int
+    submits: int
+    polls: int
+    credits: int
+    limited_requests: int
+    """The requests that spend the keys' allowance (submits, and polls where the provider counts them)."""
+    accounts: int
+    rpm: int
+    """The allowance of all its accounts together, per minute."""
+    seconds: float
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Plan:
+    providers: tuple[ProviderPlan, ...]
+
+    @property
+    def requests(self) -> int:
+        return sum(p.submits + p.polls for p in self.providers)
+
+    @property
+    def credits(self) -> int:
+        return sum(p.credits for p in self.providers)
+
+    @property
+    def seconds(self) -> float:
+        """Providers run side by side, so the batch takes as long as its slowest provider."""
+        return max((p.seconds for p in self.providers), default=0.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "requests": self.requests,
+            "credits": self.credits,
+            "seconds": round(self.seconds, 1),
+            "providers": [p.to_json() for p in self.providers],
+        }
+
+
+def plan_batch(
+    spec: BatchSpec, accounts: Mapping[str, Account], generation_seconds: Callable[[str, str | None], float]
+) -> Plan:
+    """``generation_seconds(provider, model)``: how long a picture takes (the learned first-poll delay)."""
+    jobs_by_provider: dict[str, list[JobSpec]] = defaultdict(list)
+    for job in spec.jobs:
+        jobs_by_provider[job.provider].append(job)
+    plans = []
+    for provider, jobs in sorted(jobs_by_provider.items()):
+        adapter = ADAPTERS[provider]
+        serving = [account for account in accounts.values() if account.provider == provider]
+        costs = [adapter.cost(job) for job in jobs]
+        tasks = sum(cost.tasks for cost in costs)
+        submits = sum(cost.requests for cost in costs)
+        polls = 0 if adapter.synchronous else _polls(tasks, adapter.batch_poll_size)
+        limited = submits + (polls if adapter.polls_count_against_limit else 0)
+        rpm = sum(account.rpm for account in serving)
+        slots = sum(account.max_in_flight for account in serving)
+        generation = max((generation_seconds(provider, job.model) for job in jobs), default=0.0)
+        # A key idle at the start sends a minute's allowance at once, then one as each frees.
+        by_rate = 60.0 * max(limited - rpm, 0) / rpm if rpm else math.inf
+        by_slots = generation * math.ceil(len(jobs) / slots) if slots else math.inf
+        plans.append(
+            ProviderPlan(
+                provider=provider, jobs=len(jobs), pictures=sum(cost.pictures for cost in costs), submits=submits,
+                polls=polls, credits=sum(cost.credits for cost in costs), limited_requests=limited,
+                accounts=len(serving), rpm=rpm, seconds=max(by_rate, by_slots) + generation,
+            )
+        )  # fmt: skip
+    return Plan(tuple(plans))
+
+
+def _polls(tasks: int, group: int) -> int:
+    """First polls for every task, follow-ups for those not done yet, in requests of ``group`` tasks."""
+    per_task = 1 + (1 - QUANTILE) * FOLLOW_UPS_PER_MISS
+    return math.ceil(tasks * per_task / group)

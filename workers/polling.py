@@ -1,0 +1,185 @@
+"""Polling: which provider tasks are due, and what one poll of a group of them finds.
+
+The sweeper leases the due tasks (pushes their next poll a lease ahead) before sending them, so a
+second sweep does not send them twice while their poll is on its way. Polls back off with jitter from
+``first_poll_delay`` to ``max_poll_interval``; a task past ``max_task_age`` fails with that reason.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from jobs.db import session_scope
+from jobs.lifecycle import JobState, move
+from jobs.models import Job, ProviderTask, utcnow
+from jobs.settings import Settings
+from workers.providers import adapter_class
+from workers.providers.base import Finished, ProviderError, RateLimited, StillRunning, TaskFailed, TaskStatus
+from workers.runtime import Runtime
+from workers.timing import FOLLOW_UP_SHARE
+
+LEASE_SECONDS = 60.0
+"""How long a task sent to be polled is left alone by the sweeper (the poll itself sets the next time)."""
+MIN_FOLLOW_UP = 0.5
+"""Seconds; the shortest wait between two polls of one task."""
+SWEEP_LIMIT = 2_000
+"""The most provider tasks one sweep sends; the next sweep takes the rest."""
+
+
+def due_polls(runtime: Runtime) -> list[list[int]]:
+    """Lease the provider tasks that are due and group them into poll requests, per account and
+    the provider's ``poll_group``."""
+    now = utcnow()
+    with session_scope(runtime.engine) as session:
+        due = session.exec(
+            select(ProviderTask.id, ProviderTask.remote_id, ProviderTask.account, ProviderTask.provider)
+            .where(col(ProviderTask.state) == "running", col(ProviderTask.next_poll_at) <= now)
+            .order_by(col(ProviderTask.next_poll_at))
+            .limit(SWEEP_LIMIT)
+        ).all()
+        if not due:
+            return []
+        ids = [row[0] for row in due if row[0] is not None]
+        leased = session.execute(
+            update(ProviderTask)
+            .where(col(ProviderTask.id).in_(ids), col(ProviderTask.next_poll_at) <= now)
+            .values(next_poll_at=now + timedelta(seconds=LEASE_SECONDS))
+            .returning(col(ProviderTask.id))
+        )
+        mine = {row[0] for row in leased}
+    groups: dict[tuple[str, str], list[int]] = defaultdict(list)
+    sizes: dict[tuple[str, str], int] = {}
+    for task_id, remote_id, account, provider in due:
+        if task_id is not None and task_id in mine:
+            adapter = adapter_class(provider)
+            group = (account, adapter.poll_group(remote_id))
+            groups[group].append(task_id)
+            sizes[group] = adapter.batch_poll_size
+    return [
+        ids[start : start + sizes[group]] for group, ids in groups.items() for start in range(0, len(ids), sizes[group])
+    ]
+
+
+@dataclass
+class PollResult:
+    ready: list[int] = field(default_factory=list)
+    """Jobs whose every provider task finished well: to be collected."""
+    failed: list[int] = field(default_factory=list)
+    """Jobs that failed on this poll."""
+
+
+def poll_tasks(runtime: Runtime, task_ids: Sequence[int]) -> PollResult:
+    """Ask the provider about these tasks (one account's) and record what it says."""
+    with Session(runtime.engine) as session:
+        tasks = list(
+            session.exec(
+                select(ProviderTask).where(col(ProviderTask.id).in_(task_ids), col(ProviderTask.state) == "running")
+            ).all()
+        )
+    result = PollResult()
+    if not tasks:
+        return result
+    with Session(runtime.engine) as session:
+        specs = session.exec(select(Job.id, Job.spec).where(col(Job.id).in_({task.job_id for task in tasks}))).all()
+    models: dict[int, str | None] = {job_id: spec.get("model") for job_id, spec in specs if job_id is not None}
+    account = runtime.accounts.get(tasks[0].account)
+    if account is None:
+        return result
+    provider = runtime.provider(account.name)
+    if provider.polls_count_against_limit:
+        wait = runtime.limiter.acquire(account.name, account.rpm)
+        if wait > 0:
+            _reschedule(runtime, tasks, wait)
+            return result
+    try:
+        statuses = provider.poll([task.remote_id for task in tasks])
+    except ProviderError as error:
+        if isinstance(error, RateLimited):
+            runtime.limiter.pause(account.name, error.retry_after, "rate limited by the provider (429)")
+        _reschedule(runtime, tasks, error.retry_after if isinstance(error, RateLimited) else None)
+        return result
+    for task in tasks:
+        _record(runtime, task, statuses.get(task.remote_id), result, models.get(task.job_id))
+    return result
+
+
+def _record(
+    runtime: Runtime, task: ProviderTask, status: TaskStatus | None, result: PollResult, model: str | None
+) -> None:
+    """Write what a poll found, noting in ``result`` a job that is ready or has failed."""
+    now = utcnow()
+    age = (now - task.submitted_at).total_seconds()
+    if task.polls == 0 and status is not None:
+        done = not isinstance(status, StillRunning)
+        runtime.timing.observe_first_poll(task.provider, model, done=done)
+    if status is None or isinstance(status, StillRunning):
+        if age > runtime.settings.max_task_age:
+            status = TaskFailed(f"still running after {age:.0f} s; given up")
+        else:
+            learned = runtime.timing.first_poll_delay(task.provider, model)
+            # If the fleet learned meanwhile that tasks take longer than this one was given, wait for that.
+            _reschedule(runtime, [task], None, learned, at_least=learned - age)
+            return
+    with session_scope(runtime.engine) as session:
+        if isinstance(status, Finished):
+            images = [{"url": image.url} for image in status.images]
+            values = {"state": "succeeded", "images": images, "finished_at": now, "polls": task.polls + 1}
+        else:
+            values = {"state": "failed", "error": status.reason, "finished_at": now, "polls": task.polls + 1}
+        moved = session.execute(
+            update(ProviderTask)
+            .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == "running")
+            .values(**values)
+        )
+        if moved.rowcount != 1:  # type: ignore[attr-defined]
+            return
+        if isinstance(status, TaskFailed):
+            reason = f"{task.account}: {status.reason}"
+            if move(session, task.job_id, JobState.RUNNING, JobState.FAILED, error=reason):
+                result.failed.append(task.job_id)
+            return
+        unfinished = session.exec(
+            select(ProviderTask.id).where(
+                col(ProviderTask.job_id) == task.job_id, col(ProviderTask.state) != "succeeded"
+            )
+        ).first()
+        if unfinished is None and move(session, task.job_id, JobState.RUNNING, JobState.COLLECTING):
+            result.ready.append(task.job_id)
+
+
+def _reschedule(
+    runtime: Runtime,
+    tasks: Sequence[ProviderTask],
+    wait: float | None,
+    first: float | None = None,
+    *,
+    at_least: float = 0.0,
+) -> None:
+    """Set the next poll: after ``wait`` seconds when the key must wait (no poll was made), else by
+    the follow-up backoff, and not before ``at_least`` seconds."""
+    now = utcnow()
+    first = runtime.settings.first_poll_delay if first is None else first
+    with session_scope(runtime.engine) as session:
+        for task in tasks:
+            delay = wait if wait is not None else next_poll_delay(runtime.settings, task.polls + 1, first)
+            delay = max(delay, at_least)
+            session.execute(
+                update(ProviderTask)
+                .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == "running")
+                .values(next_poll_at=now + timedelta(seconds=delay), polls=task.polls + (wait is None))
+            )
+
+
+def next_poll_delay(settings: Settings, polls: int, first: float) -> float:
+    """Seconds to the next poll after ``polls`` that found the task running: a short follow-up (a
+    share of the learned first delay, since it is likely done soon), growing by half each time,
+    capped, with jitter so tasks submitted together do not stay in lockstep."""
+    base = max(first * FOLLOW_UP_SHARE, MIN_FOLLOW_UP) * (1.5 ** (polls - 1))
+    return min(base, settings.max_poll_interval) * random.uniform(0.8, 1.2)

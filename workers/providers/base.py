@@ -1,0 +1,213 @@
+"""The small interface every provider adapter implements, and the outcomes it speaks in.
+
+An adapter turns a ``JobSpec`` into the provider's request and the provider's answer into one of a
+few outcomes. Before anything is sent, ``check`` says what of a job the provider cannot do, so a batch
+file is refused at load rather than paid for and failed. Submits answer ``Started`` (provider task
+ids to poll) or, for a synchronous provider, ``Finished``; polls answer a status per provider task.
+
+    ProviderError
+     ├── RateLimited(retry_after)   wait, then send again; the account pauses for the whole fleet
+     ├── BadCredentials             the key is wrong or revoked
+     ├── OutOfCredits               the account cannot pay
+     ├── InvalidRequest             the provider will never take this request as it is
+     ├── Refused                    the content was refused; final
+     ├── Transient                  nothing was started; a retry can help
+     └── AnswerLost                 the request may have been taken and paid for, but no answer came
+
+Foreign errors (httpx's) are translated here, at one boundary, by ``send``.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from jobs.accounts import Account
+from jobs.spec import JobSpec
+
+
+class ProviderError(Exception):
+    """A provider answer that is not a result; the message never carries the key."""
+
+
+class RateLimited(ProviderError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds to wait before this key sends again."""
+
+
+class BadCredentials(ProviderError):
+    pass
+
+
+class OutOfCredits(ProviderError):
+    pass
+
+
+class InvalidRequest(ProviderError):
+    pass
+
+
+class Refused(ProviderError):
+    pass
+
+
+class Transient(ProviderError):
+    pass
+
+
+class AnswerLost(ProviderError):
+    pass
+
+
+@dataclass(frozen=True)
+class Started:
+    task_ids: tuple[str, ...]
+    """The provider's ids of the tasks this submit started, in order."""
+    credits_remaining: float | None = None
+
+
+@dataclass(frozen=True)
+class Image:
+    url: str
+    """Where the picture can be downloaded; a ``data:`` URL when the provider sent the bytes inline."""
+
+
+@dataclass(frozen=True)
+class Finished:
+    images: tuple[Image, ...]
+
+
+@dataclass(frozen=True)
+class StillRunning:
+    progress: int | None = None
+
+
+@dataclass(frozen=True)
+class TaskFailed:
+    reason: str
+    refused: bool = False
+    """True when the provider refused the content: a retry would be refused again."""
+
+
+TaskStatus = Finished | StillRunning | TaskFailed
+Submitted = Started | Finished
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What one job will spend, for ``genq plan``: before anything is sent."""
+
+    requests: int = 1
+    """Paid and unpaid calls to submit it (a reference upload is one more)."""
+    tasks: int = 1
+    """Provider tasks it starts, each polled until done."""
+    pictures: int = 1
+    credits: int = 1
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    """A job field the provider cannot do as asked, and why; refused when the batch file is loaded."""
+
+    field: str
+    reason: str
+
+DEFAULT_RETRY_AFTER = 60.0
+"""Seconds to pause after a 429 that names no wait."""
+
+
+class Provider(ABC):
+    """One provider's API, bound to one account and one HTTP client.
+
+    Adapters never build an ``httpx.Client``; they are handed one, so tests can bind it to the
+    sandbox or to ``httpx.MockTransport``.
+    """
+
+    name: ClassVar[str]
+    batch_poll_size: ClassVar[int] = 1
+    """How many provider tasks one poll request may ask about."""
+    polls_count_against_limit: ClassVar[bool] = False
+    """Whether the provider counts polls in the key's requests per minute."""
+    typical_seconds: ClassVar[float] = 30.0
+    """How long a picture takes, before genq has learned it (``genq plan`` uses it)."""
+    synchronous: ClassVar[bool] = False
+    """Whether a submit answers only when the picture is done (it then returns ``Finished``)."""
+
+    def __init__(self, client: httpx.Client, account: Account, api_key: str) -> None:
+        self.client = client
+        self.account = account
+        self._api_key = api_key
+
+    @classmethod
+    def check(cls, spec: JobSpec) -> list[Unsupported]:
+        """What of ``spec`` this provider cannot do; empty when it can. Sends nothing."""
+        return []
+
+    @classmethod
+    def cost(cls, spec: JobSpec) -> Cost:
+        """What ``spec`` will spend; by default one request, one task, a credit a picture."""
+        return Cost(pictures=spec.count, credits=spec.count)
+
+    @classmethod
+    def poll_group(cls, task_id: str) -> str:
+        """Tasks with the same group may be asked about in one poll request (up to ``batch_poll_size``).
+
+        Most providers take any ids together, or one at a time; a provider that polls by a batch of
+        its own (qtpixel's sprite batches) groups a task with the others of its batch.
+        """
+        return "" if cls.batch_poll_size > 1 else task_id
+
+    @abstractmethod
+    def submit(self, spec: JobSpec) -> Submitted:
+        """Send one generation; raise a ``ProviderError`` when nothing usable came back."""
+
+    @abstractmethod
+    def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        """The status of up to ``batch_poll_size`` provider tasks of one ``poll_group``, keyed by id."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} account={self.account.name}>"
+
+
+def send(client: httpx.Client, request: httpx.Request, *, paid: bool) -> httpx.Response:
+    """Send a request, translating transport failures into the outcomes above.
+
+    A failure before the request left (no connection) is ``Transient``. One after it left is
+    ``AnswerLost`` when the call is ``paid`` (the provider may have started the work), else
+    ``Transient``: a lost poll costs nothing to repeat.
+    """
+    try:
+        response = client.send(request)
+        response.read()
+        return response
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+        raise Transient(f"could not connect to {request.url.host}: {type(error).__name__}") from None
+    except httpx.TransportError as error:
+        what = f"no answer from {request.url.host} ({type(error).__name__})"
+        if paid:
+            raise AnswerLost(what) from None
+        raise Transient(what) from None
+
+
+def json_body(response: httpx.Response) -> Any:
+    """The JSON of an answer, or ``None`` when it is not JSON (an HTML error page, a cut body)."""
+    try:
+        return json.loads(response.content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def retry_after(response: httpx.Response) -> float:
+    """Seconds from a Retry-After header in its seconds form, else the default."""
+    value = response.headers.get("retry-after", "")
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return DEFAULT_RETRY_AFTER

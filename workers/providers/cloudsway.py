@@ -1,0 +1,147 @@
+"""Cloudsway MaaS Flux-1-schnell: submit, then poll; one task makes all ``count`` pictures (1 to 8).
+
+A deployment is reached at the account's ``base_url`` (its base path, ending in ``/v2/ai``) followed
+by the deployment's endpoint path, the account option ``endpoint``. Only the finished task's answer is
+published (``{"status": "completed", "completed": true, "imageUrls": [...]}``), so any other answer is
+read as still running unless its status says ``failed``.
+
+Error bodies are not published: outcomes are told apart by HTTP status, the one thing every gateway
+in front of the service speaks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import httpx
+
+from jobs.spec import JobSpec
+from workers.providers.base import (
+    AnswerLost,
+    BadCredentials,
+    Finished,
+    Image,
+    InvalidRequest,
+    OutOfCredits,
+    Provider,
+    ProviderError,
+    RateLimited,
+    Started,
+    StillRunning,
+    TaskFailed,
+    TaskStatus,
+    Transient,
+    Unsupported,
+    json_body,
+    retry_after,
+    send,
+)
+
+ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "16:9", "9:16")
+COUNTS = range(1, 9)
+"""Pictures one task may make (``batchsize``)."""
+STEPS = range(4, 11)
+UNSUPPORTED_FIELDS = ("model", "mode", "size", "references", "style", "background", "sprite")
+"""JobSpec fields the deployment has no parameter for: refused rather than silently dropped (the model
+is the deployment's, and the size follows from the aspect)."""
+
+
+class Cloudsway(Provider):
+    name: ClassVar[str] = "cloudsway"
+
+    @classmethod
+    def check(cls, spec: JobSpec) -> list[Unsupported]:
+        problems = []
+        if spec.aspect is not None and spec.aspect not in ASPECTS:
+            reason = f"aspect {spec.aspect!r} is not offered; use one of {', '.join(ASPECTS)}"
+            problems.append(Unsupported("aspect", reason))
+        if spec.count not in COUNTS:
+            reason = f"one task makes {COUNTS.start} to {COUNTS.stop - 1} pictures, not {spec.count}; split the job"
+            problems.append(Unsupported("count", reason))
+        if spec.steps is not None and spec.steps not in STEPS:
+            problems.append(Unsupported("steps", f"steps must be from {STEPS.start} to {STEPS.stop - 1}"))
+        for field in UNSUPPORTED_FIELDS:
+            if getattr(spec, field) not in (None, ()):
+                problems.append(Unsupported(field, f"cloudsway has no {field} setting"))
+        return problems
+
+    def submit(self, spec: JobSpec) -> Started:
+        body: dict[str, Any] = {"prompts": spec.prompt, "batchsize": spec.count}
+        for field, value in (("aspect_ratio", spec.aspect), ("step", spec.steps), ("seed", spec.seed)):
+            if value is not None:
+                body[field] = value
+        body.update(spec.options)
+        response = send(self.client, self._request("POST", "/images/generations", json=body), paid=True)
+        payload = _checked(response, paid=True)
+        task_id = payload.get("taskId") if isinstance(payload, dict) else None
+        if not isinstance(task_id, str) or not task_id:
+            raise AnswerLost(f"cloudsway {response.status_code}: a submit answer without a taskId")
+        return Started((task_id,))
+
+    def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        [task_id] = task_ids
+        response = send(self.client, self._request("GET", f"/images/tasks/{task_id}"), paid=False)
+        if response.status_code == 404:
+            return {task_id: TaskFailed(f"cloudsway 404: {_message(json_body(response)) or 'task not found'}")}
+        return {task_id: _status(_checked(response, paid=False))}
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Request:
+        endpoint = self.account.options.get("endpoint", "").strip("/ ")
+        if not endpoint:
+            raise InvalidRequest(
+                f"account {self.account.name}: options.endpoint is not set; cloudsway needs the deployment's"
+                " endpoint path (e.g. lXynAhfbAiD) besides its base path in base_url"
+            )
+        return self.client.build_request(
+            method,
+            f"{self.account.base_url.rstrip('/')}/{endpoint}{path}",
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            **kwargs,
+        )
+
+
+def _checked(response: httpx.Response, *, paid: bool) -> Any:
+    """The JSON of a successful answer; anything else raised as its outcome.
+
+    A success that cannot be read is ``AnswerLost`` for a ``paid`` call: a task may have been started.
+    """
+    payload = json_body(response)
+    if response.is_success:
+        if payload is None:
+            message = f"cloudsway {response.status_code}: an answer that cannot be read"
+            raise AnswerLost(message) if paid else Transient(message)
+        return payload
+    raise _error_for(response, f"cloudsway {response.status_code}: {_message(payload) or 'no error message'}")
+
+
+def _message(payload: Any) -> str | None:
+    if not isinstance(payload, dict):
+        return None
+    message = payload.get("message") or payload.get("error")
+    return str(message) if message else None
+
+
+def _error_for(response: httpx.Response, message: str) -> ProviderError:
+    status = response.status_code
+    if status == 429:
+        return RateLimited(message, retry_after(response))
+    if status in (401, 403):
+        return BadCredentials(message)
+    if status == 402:
+        return OutOfCredits(message)
+    if status in (400, 404, 413, 422):
+        return InvalidRequest(message)
+    return Transient(message)
+
+
+def _status(payload: Any) -> TaskStatus:
+    status = payload.get("status") if isinstance(payload, dict) else None
+    if status == "failed":
+        return TaskFailed(f"cloudsway: {_message(payload) or 'the task failed'}")
+    if status == "completed":
+        urls = payload.get("imageUrls")
+        if not isinstance(urls, list) or not urls or not all(isinstance(url, str) and url for url in urls):
+            return TaskFailed("cloudsway: completed without imageUrls")
+        return Finished(tuple(Image(url) for url in urls))
+    return StillRunning()

@@ -1,0 +1,306 @@
+"""GenCraft: submit, then poll; one submit with ``count`` > 1 starts several tasks; batch polls of 20.
+
+Every listed model (``gpt-image-2``, ``pro``, ``flash2``, ``flash``) takes modes ``text`` and ``edit``
+only; ``fusion`` is documented, yet no model supports it, so ``check`` refuses it at load rather than
+letting the provider answer 400 at send. The seed says ``count`` is "capped per model" but publishes
+no caps: 4 for every model is our choice, and the sandbox enforces the same.
+
+Reference pictures (``references``, URLs) go through ``POST /api/v1/upload`` first, as the seed asks:
+the service fetches each and returns a stable URL for ``imageUrls``. A job with references and no
+``mode`` is sent as ``edit``, the only mode that uses them.
+
+``history`` and ``user_status`` are the read-only endpoints: history lists the account's submits
+newest first, which is how to learn afterwards whether a submit whose answer was lost went through.
+
+Errors come as ``{"error": {"type": T, "message": M}}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import httpx
+
+from jobs.spec import JobSpec
+from workers.providers.base import (
+    AnswerLost,
+    BadCredentials,
+    Cost,
+    Finished,
+    Image,
+    InvalidRequest,
+    OutOfCredits,
+    Provider,
+    ProviderError,
+    RateLimited,
+    Started,
+    StillRunning,
+    TaskFailed,
+    TaskStatus,
+    Transient,
+    Unsupported,
+    json_body,
+    retry_after,
+    send,
+)
+
+MODEL_MODES = {
+    "gpt-image-2": ("text", "edit"),
+    "pro": ("text", "edit"),
+    "flash2": ("text", "edit"),
+    "flash": ("text", "edit"),
+}
+"""The seed's model table: each model and the modes it supports."""
+DEFAULT_MODEL = "gpt-image-2"
+DOCUMENTED_MODES = ("text", "edit", "fusion")
+MODEL_MAX_COUNT = dict.fromkeys(MODEL_MODES, 4)
+"""Pictures one submit may ask of each model: unpublished, 4 is our choice (the sandbox agrees)."""
+ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9")
+SIZES = ("1K", "2K", "4K")
+UNSUPPORTED_FIELDS = ("seed", "steps", "style", "background", "sprite")
+"""JobSpec fields GenCraft has no parameter for: refused rather than silently dropped."""
+
+
+@dataclass(frozen=True)
+class HistoryItem:
+    """One past submit of the account, as ``GET /api/v1/history`` lists it."""
+
+    id: str
+    prompt: str
+    model: str
+    mode: str
+    aspect: str
+    image_size: str
+    image_count: int
+    images: tuple[str, ...]
+    """URLs of the pictures finished so far."""
+    refs: tuple[str, ...]
+    """The reference picture URLs it was sent with."""
+    created_at: float
+    """Unix seconds (the API sends milliseconds)."""
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    items: tuple[HistoryItem, ...]
+    """Newest first."""
+    total: int
+    page: int
+    limit: int
+    total_pages: int
+
+
+@dataclass(frozen=True)
+class AccountStatus:
+    email: str
+    tier: str
+    """``trial``, ``starter``, ``standard`` or ``pro``."""
+    has_key: bool
+    """Whether the account's upstream key is configured; without it, generations fail."""
+
+
+class Gencraft(Provider):
+    name: ClassVar[str] = "gencraft"
+    batch_poll_size: ClassVar[int] = 20
+
+    @classmethod
+    def check(cls, spec: JobSpec) -> list[Unsupported]:
+        problems = []
+        model = spec.model or DEFAULT_MODEL
+        modes = MODEL_MODES.get(model)
+        if modes is None:
+            problems.append(_not_offered("model", model, MODEL_MODES))
+        mode = _mode(spec)
+        if mode == "fusion":
+            problems.append(Unsupported("mode", "fusion is documented, but no model supports it; use text or edit"))
+        elif mode not in DOCUMENTED_MODES:
+            problems.append(Unsupported("mode", f"mode {mode!r} is not offered; use text or edit"))
+        elif modes is not None and mode not in modes:
+            problems.append(Unsupported("mode", f"model {model} does not support mode {mode}"))
+        if mode == "edit" and not spec.references:
+            problems.append(Unsupported("references", "mode edit needs at least one reference picture"))
+        if mode == "text" and spec.references:
+            problems.append(Unsupported("references", "mode text takes no reference pictures; use mode edit"))
+        if spec.aspect is not None and spec.aspect not in ASPECTS:
+            problems.append(_not_offered("aspect", spec.aspect, ASPECTS))
+        if spec.size is not None and spec.size not in SIZES:
+            problems.append(_not_offered("size", spec.size, SIZES))
+        cap = MODEL_MAX_COUNT.get(model)
+        if cap is not None and spec.count > cap:
+            problems.append(Unsupported("count", f"model {model} makes at most {cap} pictures a submit"))
+        for field in UNSUPPORTED_FIELDS:
+            if getattr(spec, field) is not None:
+                problems.append(Unsupported(field, f"gencraft has no {field} setting"))
+        return problems
+
+    @classmethod
+    def cost(cls, spec: JobSpec) -> Cost:
+        """One task a picture; each reference is one more (unpaid) request, its upload."""
+        return Cost(requests=1 + len(spec.references), tasks=spec.count, pictures=spec.count, credits=spec.count)
+
+    def submit(self, spec: JobSpec) -> Started:
+        body: dict[str, Any] = {"prompt": spec.prompt, "count": spec.count}
+        for field, value in (
+            ("model", spec.model),
+            ("mode", spec.mode or ("edit" if spec.references else None)),
+            ("aspect", spec.aspect),
+            ("imageSize", spec.size),
+        ):
+            if value is not None:
+                body[field] = value
+        if spec.references:
+            body["imageUrls"] = [self.upload(url) for url in spec.references]
+        body.update(spec.options)
+        response = send(self.client, self._request("POST", "/api/v1/generate", json=body), paid=True)
+        payload = self._check(response)
+        task_ids = payload.get("task_ids") if isinstance(payload, dict) else None
+        if not isinstance(task_ids, list) or not task_ids or not all(isinstance(t, str) for t in task_ids):
+            raise self._unreadable(response, paid=True)
+        return Started(tuple(task_ids))
+
+    def upload(self, source_url: str) -> str:
+        """The stable URL GenCraft gives a reference picture it fetched from ``source_url``.
+
+        Not a generation, so nothing is paid for: a lost answer is only ``Transient``.
+        """
+        request = self._request("POST", "/api/v1/upload", json={"source_url": source_url})
+        response = send(self.client, request, paid=False)
+        payload = self._check(response)
+        url = payload.get("url") if isinstance(payload, dict) else None
+        if not isinstance(url, str) or not url:
+            raise self._unreadable(response, paid=False)
+        return url
+
+    def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        if len(task_ids) == 1:
+            request = self._request("GET", f"/api/v1/tasks/{task_ids[0]}")
+            payload = self._check(send(self.client, request, paid=False))
+            items: Any = [payload]
+        else:
+            request = self._request("GET", "/api/v1/tasks", params={"ids": ",".join(task_ids)})
+            payload = self._check(send(self.client, request, paid=False))
+            items = payload.get("tasks") if isinstance(payload, dict) else None
+        if not isinstance(items, list) or len(items) != len(task_ids):
+            raise Transient("gencraft: a poll answer that does not list the tasks asked for")
+        return {task_id: _status(item) for task_id, item in zip(task_ids, items, strict=True)}
+
+    def history(self, page: int = 1, limit: int = 20) -> HistoryPage:
+        """One page (1-indexed, ``limit`` at most 50) of the account's submits, newest first."""
+        request = self._request("GET", "/api/v1/history", params={"page": page, "limit": limit})
+        response = send(self.client, request, paid=False)
+        payload = self._check(response)
+        try:
+            return HistoryPage(
+                items=tuple(_history_item(item) for item in payload["items"]),
+                total=_int(payload["total"]),
+                page=_int(payload["page"]),
+                limit=_int(payload["limit"]),
+                total_pages=_int(payload["total_pages"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise self._unreadable(response, paid=False) from None
+
+    def user_status(self) -> AccountStatus:
+        """The account's email, tier, and whether its upstream key is set."""
+        response = send(self.client, self._request("GET", "/api/v1/user/status"), paid=False)
+        payload = self._check(response)
+        try:
+            return AccountStatus(_str(payload["email"]), _str(payload["tier"]), _bool(payload["has_key"]))
+        except (KeyError, TypeError, ValueError):
+            raise self._unreadable(response, paid=False) from None
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Request:
+        return self.client.build_request(
+            method,
+            f"{self.account.base_url.rstrip('/')}{path}",
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            **kwargs,
+        )
+
+    def _check(self, response: httpx.Response) -> Any:
+        payload = json_body(response)
+        if response.is_success:
+            return payload
+        error = payload.get("error") if isinstance(payload, dict) else None
+        kind = error.get("type", "") if isinstance(error, dict) else ""
+        message = f"gencraft {response.status_code} {kind or 'error'}: " + (
+            str(error.get("message", "")) if isinstance(error, dict) else "no error body"
+        )
+        raise _error_for(response, kind, message)
+
+    def _unreadable(self, response: httpx.Response, *, paid: bool) -> ProviderError:
+        message = f"gencraft {response.status_code}: an answer that cannot be read"
+        return AnswerLost(message) if paid else Transient(message)
+
+
+def _mode(spec: JobSpec) -> str:
+    """The mode the job is sent with: as asked, else ``edit`` when it has references, else ``text``."""
+    return spec.mode or ("edit" if spec.references else "text")
+
+
+def _not_offered(field: str, value: str, offered: Iterable[str]) -> Unsupported:
+    return Unsupported(field, f"{field} {value!r} is not offered; use one of {', '.join(offered)}")
+
+
+def _error_for(response: httpx.Response, kind: str, message: str) -> ProviderError:
+    status = response.status_code
+    if status == 429:
+        return RateLimited(message, retry_after(response))
+    if status == 401 or kind in ("unauthorized", "invalid_api_key"):
+        return BadCredentials(message)
+    if status == 402 or kind in ("insufficient_credits", "quota_exceeded"):
+        return OutOfCredits(message)
+    if status in (400, 404, 422):
+        return InvalidRequest(message)
+    return Transient(message)
+
+
+def _status(item: Any) -> TaskStatus:
+    if not isinstance(item, dict):
+        return TaskFailed("gencraft: a task entry that cannot be read")
+    status = item.get("status")
+    if status == "completed":
+        url = item.get("imageUrl")
+        if not isinstance(url, str) or not url:
+            return TaskFailed("gencraft: completed without an imageUrl")
+        return Finished((Image(url),))
+    if status == "failed":
+        return TaskFailed(str(item.get("error") or "failed"))
+    progress = item.get("progress")
+    return StillRunning(progress if isinstance(progress, int) else None)
+
+
+def _history_item(item: Any) -> HistoryItem:
+    """Raises ``KeyError``, ``TypeError`` or ``ValueError`` when the item is not as documented."""
+    return HistoryItem(
+        id=_str(item["id"]),
+        prompt=_str(item["prompt"]),
+        model=_str(item["model"]),
+        mode=_str(item["mode"]),
+        aspect=_str(item["aspect"]),
+        image_size=_str(item["imageSize"]),
+        image_count=_int(item["imageCount"]),
+        images=tuple(_str(url) for url in item["images"]),
+        refs=tuple(_str(url) for url in item["refs"]),
+        created_at=_int(item["createdAt"]) / 1000,
+    )
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {type(value).__name__}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"expected true or false, got {type(value).__name__}")
+    return value

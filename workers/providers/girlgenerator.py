@@ -1,0 +1,171 @@
+"""GirlGeneratorAI: submit one generation, then poll its task, one task a request.
+
+The key may send 10 requests a minute, polls included, so polls are counted against the account's
+``rpm`` (the seed's own example, polling every 5 s, would be refused on its own). A generation costs
+1 to 3 credits by the model behind its scene. Errors come as ``{"error": {"code": C, "message": M}}``;
+a task refused by the content filter ends ``failed`` with an error naming the content policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import httpx
+
+from jobs.spec import JobSpec
+from workers.providers.base import (
+    AnswerLost,
+    BadCredentials,
+    Cost,
+    Finished,
+    Image,
+    InvalidRequest,
+    OutOfCredits,
+    Provider,
+    ProviderError,
+    RateLimited,
+    Started,
+    StillRunning,
+    TaskFailed,
+    TaskStatus,
+    Transient,
+    Unsupported,
+    json_body,
+    retry_after,
+    send,
+)
+
+TEXT, IMAGE = "text-to-image", "image-to-image"
+SCENES = (TEXT, IMAGE)
+ASPECTS = ("auto", "1:1", "3:2", "2:3", "9:16", "16:9", "3:4", "4:3")
+MAX_PROMPT = 2000
+"""Characters a prompt may have."""
+REFUSAL_WORDS = "content policy"
+"""What a task refused by the content filter says in its ``error`` (the seed's failed example)."""
+UNSUPPORTED_FIELDS = ("model", "size", "seed", "steps", "style", "background", "sprite")
+"""JobSpec fields the API has no parameter for: refused rather than silently dropped."""
+
+
+def scene_of(spec: JobSpec) -> str:
+    """The job's ``mode``, or image-to-image when it brings references and text-to-image when not."""
+    return spec.mode or (IMAGE if spec.references else TEXT)
+
+
+class Girlgenerator(Provider):
+    name: ClassVar[str] = "girlgenerator"
+    batch_poll_size: ClassVar[int] = 1
+    polls_count_against_limit: ClassVar[bool] = True
+
+    @classmethod
+    def check(cls, spec: JobSpec) -> list[Unsupported]:
+        problems = []
+        scene = scene_of(spec)
+        if scene not in SCENES:
+            problems.append(Unsupported("mode", f"mode {scene!r} is not a scene; use {TEXT} or {IMAGE}"))
+        elif scene == IMAGE and not spec.references:
+            problems.append(Unsupported("references", f"{IMAGE} needs at least one reference picture URL"))
+        elif scene == TEXT and spec.references:
+            problems.append(Unsupported("references", f"{TEXT} takes no reference pictures; use mode {IMAGE}"))
+        if len(spec.prompt) > MAX_PROMPT:
+            reason = f"the prompt has {len(spec.prompt)} characters; at most {MAX_PROMPT} are taken"
+            problems.append(Unsupported("prompt", reason))
+        if spec.aspect is not None and spec.aspect not in ASPECTS:
+            reason = f"aspect {spec.aspect!r} is not offered; use one of {', '.join(ASPECTS)}"
+            problems.append(Unsupported("aspect", reason))
+        if spec.count != 1:
+            problems.append(Unsupported("count", f"one generation makes one picture, not {spec.count}; split the job"))
+        for field in UNSUPPORTED_FIELDS:
+            if getattr(spec, field) is not None:
+                problems.append(Unsupported(field, f"girlgenerator has no {field} setting"))
+        return problems
+
+    @classmethod
+    def cost(cls, spec: JobSpec) -> Cost:
+        """Text-to-image costs 1 credit, image-to-image 2 with one reference and 3 with several."""
+        if scene_of(spec) == IMAGE:
+            return Cost(credits=2 if len(spec.references) == 1 else 3)
+        return Cost(credits=1)
+
+    def submit(self, spec: JobSpec) -> Started:
+        body: dict[str, Any] = {"scene": scene_of(spec), "prompt": spec.prompt}
+        if spec.aspect is not None:
+            body["aspect_ratio"] = spec.aspect
+        if spec.references:
+            body["image_input"] = list(spec.references)
+        body.update(spec.options)
+        response = send(self.client, self._request("POST", "/api/v1/generate", json=body), paid=True)
+        payload = _checked(response, paid=True)
+        task_id = payload.get("task_id") if isinstance(payload, dict) else None
+        if not isinstance(task_id, str) or not task_id:
+            raise AnswerLost(f"girlgenerator {response.status_code}: a submit answer without a task_id")
+        remaining = payload.get("credits_remaining")
+        credits = float(remaining) if isinstance(remaining, int | float) and not isinstance(remaining, bool) else None
+        return Started((task_id,), credits_remaining=credits)
+
+    def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        [task_id] = task_ids
+        response = send(self.client, self._request("GET", f"/api/v1/tasks/{task_id}"), paid=False)
+        if response.status_code == 404:
+            # Missing, or another key's: polling again will never find it.
+            return {task_id: TaskFailed(_message(response, json_body(response)))}
+        return {task_id: _status(_checked(response, paid=False))}
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Request:
+        return self.client.build_request(
+            method,
+            f"{self.account.base_url.rstrip('/')}{path}",
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            **kwargs,
+        )
+
+
+def _checked(response: httpx.Response, *, paid: bool) -> Any:
+    """The JSON of a successful answer; anything else raised as its outcome.
+
+    A success that cannot be read is ``AnswerLost`` for a ``paid`` call: a task may have been started.
+    """
+    payload = json_body(response)
+    if response.is_success:
+        if not isinstance(payload, dict):
+            message = f"girlgenerator {response.status_code}: an answer that cannot be read"
+            raise AnswerLost(message) if paid else Transient(message)
+        return payload
+    raise _error_for(response, _code(payload), _message(response, payload))
+
+
+def _code(payload: Any) -> str:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return str(error.get("code", "")) if isinstance(error, dict) else ""
+
+
+def _message(response: httpx.Response, payload: Any) -> str:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    words = str(error.get("message", "")) if isinstance(error, dict) else "no error body"
+    return f"girlgenerator {response.status_code} {_code(payload) or 'error'}: {words}"
+
+
+def _error_for(response: httpx.Response, code: str, message: str) -> ProviderError:
+    status = response.status_code
+    if status == 429 or code == "rate_limit_exceeded":
+        return RateLimited(message, retry_after(response))
+    if status == 401 or code == "unauthorized":
+        return BadCredentials(message)
+    if status == 403 or code == "insufficient_credits":
+        return OutOfCredits(message)
+    if status in (400, 404, 413, 422):
+        return InvalidRequest(message)
+    return Transient(message)
+
+
+def _status(payload: dict[str, Any]) -> TaskStatus:
+    status = payload.get("status")
+    if status == "success":
+        images = payload.get("images")
+        if not isinstance(images, list) or not images or not all(isinstance(url, str) and url for url in images):
+            return TaskFailed("girlgenerator: success without images")
+        return Finished(tuple(Image(url) for url in images))
+    if status == "failed":
+        reason = str(payload.get("error") or "the task failed")
+        return TaskFailed(f"girlgenerator: {reason}", refused=REFUSAL_WORDS in reason.casefold())
+    return StillRunning()

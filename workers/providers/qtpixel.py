@@ -1,0 +1,231 @@
+"""QT Pixel: pixel art, one task by ``/generate`` or a sprite's frames by ``/batch-generate``; poll by id.
+
+A job with ``sprite`` (``walk``, ``idle``, ``attack``, ``directions``, ``variations``, ``random``) is one
+batch of that mode; a job without it is one ``/generate`` task, or, for ``count`` > 1, a batch of mode
+``random`` (the provider's own default: several pictures of the prompt, no added instruction).
+
+A batch's tasks are known as ``b<batch>:<task>`` (``b17:123``), so they share a ``poll_group`` and one
+``GET /api/v1/batch/17`` answers them all; a single task is ``123`` and is polled on its own.
+
+Every ``/generate`` sends ``force: true``: without it a prompt like an earlier one of the key answers
+``duplicates_found`` and starts nothing, which a queue that was asked to generate must not take as
+done. Should that answer come anyway (``options: {force: false}``), it is an ``InvalidRequest``: no
+task was started, and the same request would find the same duplicates. ``send_email`` is false unless
+the options say otherwise, so a batch of a thousand does not send a thousand mails.
+
+A finished picture is the task's ``image_path`` (``/static/gallery/123.png``) appended to the account's
+``base_url``, which keeps any path prefix the base has; it is fetched without a key. The signed
+download link would cost a request per picture and expires in an hour.
+
+Errors read ``{"error": M, "details": D}``. The seed names 400, 401, 403, 404 and 500 but no out-of-
+credits answer; 403 ("no permission") is the only one a valid key with a valid request can get, so it
+is taken as ``OutOfCredits``: the account cannot do this now, and should pause.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import httpx
+
+from jobs.spec import JobSpec
+from workers.providers.base import (
+    AnswerLost,
+    BadCredentials,
+    Cost,
+    Finished,
+    Image,
+    InvalidRequest,
+    OutOfCredits,
+    Provider,
+    ProviderError,
+    RateLimited,
+    Started,
+    StillRunning,
+    TaskFailed,
+    TaskStatus,
+    Transient,
+    Unsupported,
+    json_body,
+    retry_after,
+    send,
+)
+
+SPRITE_FRAMES = {"walk": 4, "idle": 2, "attack": 3, "directions": 4}
+"""The sprite modes and the frames each always makes."""
+MODES = (*SPRITE_FRAMES, "variations", "random")
+MANY_MODE = "random"
+"""The batch mode of a job of several pictures that names no sprite."""
+MAX_COUNT = 4
+BACKGROUNDS = ("transparent", "white")
+UNSUPPORTED_FIELDS = ("model", "mode", "aspect", "size", "references", "seed", "steps", "style")
+"""JobSpec fields QT Pixel has no parameter for: refused rather than silently dropped."""
+REFUSAL = "⚠️ 生成失败: AI 拒绝处理此请求 (可能包含敏感内容)"
+"""The seed's content-safety refusal, exactly as a failed task's ``error_msg`` reads."""
+BATCH_PREFIX = "b"
+
+
+class Qtpixel(Provider):
+    name: ClassVar[str] = "qtpixel"
+    batch_poll_size: ClassVar[int] = MAX_COUNT
+    """A whole batch (at most 4 tasks) is one request."""
+    polls_count_against_limit: ClassVar[bool] = True
+    """The limit is not published; counting polls is the safe side, and a sprite polls once for all frames."""
+
+    @classmethod
+    def check(cls, spec: JobSpec) -> list[Unsupported]:
+        problems = []
+        if spec.sprite is not None and spec.sprite not in MODES:
+            problems.append(
+                Unsupported("sprite", f"sprite {spec.sprite!r} is not a mode; use one of {', '.join(MODES)}")
+            )
+        frames = SPRITE_FRAMES.get(spec.sprite or "")
+        if frames is not None and spec.count not in (1, frames):
+            reason = f"sprite {spec.sprite} always makes {frames} frames; leave count out or set it to {frames}"
+            problems.append(Unsupported("count", reason))
+        elif frames is None and spec.count > MAX_COUNT:
+            problems.append(Unsupported("count", f"one job makes at most {MAX_COUNT} pictures"))
+        if spec.background is not None and spec.background not in BACKGROUNDS:
+            reason = f"background {spec.background!r} is not offered; use one of {', '.join(BACKGROUNDS)}"
+            problems.append(Unsupported("background", reason))
+        for field in UNSUPPORTED_FIELDS:
+            if getattr(spec, field) not in (None, ()):
+                problems.append(Unsupported(field, f"qtpixel has no {field} setting"))
+        return problems
+
+    @classmethod
+    def cost(cls, spec: JobSpec) -> Cost:
+        """A sprite mode sets its own frame count; each frame is a task and a picture."""
+        frames = SPRITE_FRAMES.get(spec.sprite or "", spec.count)
+        return Cost(tasks=frames, pictures=frames, credits=frames)
+
+    @classmethod
+    def poll_group(cls, task_id: str) -> str:
+        batch, _, _ = task_id.rpartition(":")
+        return batch or task_id
+
+    def submit(self, spec: JobSpec) -> Started:
+        body: dict[str, Any] = {"prompt": spec.prompt, "send_email": False}
+        if spec.background is not None:
+            body["background"] = spec.background
+        if spec.sprite is None and spec.count == 1:
+            body["force"] = True
+            return self._single(body | spec.options)
+        mode = spec.sprite or MANY_MODE
+        body |= {"mode": mode, "count": SPRITE_FRAMES.get(mode, spec.count)}
+        return self._batch(body | spec.options)
+
+    def _single(self, body: dict[str, Any]) -> Started:
+        response = send(self.client, self._request("POST", "/api/v1/generate", json=body), paid=True)
+        payload = self._check(response, paid=True)
+        if isinstance(payload, dict) and payload.get("status") == "duplicates_found":
+            raise InvalidRequest("qtpixel: found similar earlier works and started nothing; send force: true")
+        task_id = payload.get("task_id") if isinstance(payload, dict) else None
+        if not _is_id(task_id):
+            raise AnswerLost(f"qtpixel {response.status_code}: a generate answer without a task_id")
+        return Started((str(task_id),))
+
+    def _batch(self, body: dict[str, Any]) -> Started:
+        response = send(self.client, self._request("POST", "/api/v1/batch-generate", json=body), paid=True)
+        payload = self._check(response, paid=True)
+        batch_id = payload.get("batch_id") if isinstance(payload, dict) else None
+        task_ids = payload.get("task_ids") if isinstance(payload, dict) else None
+        if not _is_id(batch_id) or not isinstance(task_ids, list) or not task_ids or not all(map(_is_id, task_ids)):
+            raise AnswerLost(f"qtpixel {response.status_code}: a batch-generate answer without its ids")
+        return Started(tuple(f"{BATCH_PREFIX}{batch_id}:{task_id}" for task_id in task_ids))
+
+    def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
+        """One request per poll group: a batch's tasks together, a single task on its own."""
+        groups: dict[str, list[str]] = {}
+        for task_id in task_ids:
+            groups.setdefault(self.poll_group(task_id), []).append(task_id)
+        found: dict[str, TaskStatus] = {}
+        for group, ids in groups.items():
+            found.update(self._poll_batch(group, ids) if group != ids[0] else {group: self._poll_single(group)})
+        return {task_id: found[task_id] for task_id in task_ids}
+
+    def _poll_single(self, task_id: str) -> TaskStatus:
+        response = send(self.client, self._request("GET", f"/api/v1/task/{task_id}"), paid=False)
+        if response.status_code == 404:
+            return TaskFailed(f"qtpixel: task {task_id} is gone (deleted, or another key's)")
+        return self._status(self._check(response, paid=False))
+
+    def _poll_batch(self, group: str, task_ids: list[str]) -> dict[str, TaskStatus]:
+        batch_id = group.removeprefix(BATCH_PREFIX)
+        response = send(self.client, self._request("GET", f"/api/v1/batch/{batch_id}"), paid=False)
+        if response.status_code == 404:
+            return {task_id: TaskFailed(f"qtpixel: batch {batch_id} is gone") for task_id in task_ids}
+        payload = self._check(response, paid=False)
+        items = payload.get("tasks") if isinstance(payload, dict) else None
+        if not isinstance(items, list):
+            raise Transient("qtpixel: a batch answer without its tasks")
+        by_id = {str(item.get("id")): item for item in items if isinstance(item, dict)}
+        found: dict[str, TaskStatus] = {}
+        for task_id in task_ids:
+            remote = task_id.partition(":")[2]
+            item = by_id.get(remote)
+            found[task_id] = (
+                self._status(item)
+                if item is not None
+                else TaskFailed(f"qtpixel: task {remote} is no longer in batch {batch_id}")
+            )
+        return found
+
+    def _status(self, item: Any) -> TaskStatus:
+        if not isinstance(item, dict):
+            return TaskFailed("qtpixel: a task entry that cannot be read")
+        status = item.get("status")
+        if status == "completed":
+            path = item.get("image_path")
+            if not isinstance(path, str) or not path:
+                return TaskFailed("qtpixel: completed without an image_path")
+            return Finished((Image(self._absolute(path)),))
+        if status == "failed":
+            reason = str(item.get("error_msg") or "failed")
+            return TaskFailed(reason, refused=reason.strip() == REFUSAL)
+        return StillRunning()
+
+    def _absolute(self, path: str) -> str:
+        """``image_path`` below the base: appended, since a URL join would drop the base's own path."""
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.account.base_url.rstrip('/')}/{path.lstrip('/')}"
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Request:
+        return self.client.build_request(
+            method,
+            f"{self.account.base_url.rstrip('/')}{path}",
+            headers={"Authorization": f"Bearer {self._api_key}"},
+            **kwargs,
+        )
+
+    def _check(self, response: httpx.Response, *, paid: bool) -> Any:
+        payload = json_body(response)
+        if response.is_success:
+            return payload
+        if not isinstance(payload, dict) or "error" not in payload:
+            # A gateway's time-out page after a paid submit may hide a started task.
+            what = f"qtpixel {response.status_code}: an error answer that cannot be read"
+            raise AnswerLost(what) if paid and response.status_code == 504 else _error_for(response, what)
+        details = payload.get("details")
+        message = f"qtpixel {response.status_code}: {payload['error']}" + (f" ({details})" if details else "")
+        raise _error_for(response, message)
+
+
+def _error_for(response: httpx.Response, message: str) -> ProviderError:
+    status = response.status_code
+    if status == 429:
+        return RateLimited(message, retry_after(response))
+    if status == 401:
+        return BadCredentials(message)
+    if status in (402, 403):
+        return OutOfCredits(message)
+    if 400 <= status < 500:
+        return InvalidRequest(message)
+    return Transient(message)
+
+
+def _is_id(value: Any) -> bool:
+    """Ids are integers; a string of digits is taken too, should the provider ever quote them."""
+    return (isinstance(value, int) and not isinstance(value, bool)) or (isinstance(value, str) and value.isdigit())

@@ -1,0 +1,73 @@
+"""What a worker process holds open: the database engine, Redis, the HTTP client, storage, accounts.
+
+Built once per process on first use (after the fork, so no connection crosses a fork), and handed
+to every step function, so a step can be run in a test with a runtime of its own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import httpx
+import redis
+from sqlalchemy import Engine
+
+from jobs.accounts import Account, load_accounts
+from jobs.db import make_engine
+from jobs.redisserver import client_url
+from jobs.settings import Settings
+from jobs.storage import Storage
+from workers.providers import provider_for
+from workers.providers.base import Provider
+from workers.ratelimit import RateLimiter
+from workers.timing import CompletionTimes
+
+
+@dataclass
+class Runtime:
+    settings: Settings = field(default_factory=Settings)
+
+    @cached_property
+    def engine(self) -> Engine:
+        return make_engine(self.settings.resolved_database_url())
+
+    @cached_property
+    def redis(self) -> redis.Redis:
+        return redis.Redis.from_url(client_url(self.settings.resolved_redis_url()))
+
+    @cached_property
+    def limiter(self) -> RateLimiter:
+        return RateLimiter(self.redis, margin=self.settings.rate_window_margin)
+
+    @cached_property
+    def timing(self) -> CompletionTimes:
+        return CompletionTimes(
+            self.redis, default=self.settings.first_poll_delay, ceiling=self.settings.max_task_age
+        )
+
+    @cached_property
+    def storage(self) -> Storage:
+        return Storage(self.settings.resolved_storage_url())
+
+    @cached_property
+    def accounts(self) -> dict[str, Account]:
+        return load_accounts(self.settings.accounts)
+
+    @cached_property
+    def http(self) -> httpx.Client:
+        return httpx.Client(
+            timeout=httpx.Timeout(self.settings.http_timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
+            follow_redirects=False,
+        )
+
+    def provider(self, account_name: str) -> Provider:
+        return provider_for(self.accounts[account_name], self.http)
+
+    def close(self) -> None:
+        for name in ("http", "engine", "redis"):
+            if name in self.__dict__:
+                resource = self.__dict__.pop(name)
+                closer = getattr(resource, "dispose", None) or resource.close
+                closer()

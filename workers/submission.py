@@ -1,0 +1,181 @@
+"""Submit: one paid call for one queued job, sent at most once by us.
+
+The rate-limit token is taken right before the call; the job then moves ``queued -> submitting`` with
+a compare-and-set, so a second delivery of the same message finds it moved and sends nothing. What
+happens after a failed call is decided by ``NEXT_STEP``, keyed by the outcome's class.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from enum import Enum
+from typing import Any
+
+from sqlmodel import Session
+
+from jobs.db import session_scope, upsert_insert
+from jobs.lifecycle import JobState, move
+from jobs.models import AccountBalance, Job, ProviderTask, utcnow
+from jobs.spec import JobSpec
+from workers.providers.base import (
+    AnswerLost,
+    BadCredentials,
+    Finished,
+    InvalidRequest,
+    OutOfCredits,
+    ProviderError,
+    RateLimited,
+    Refused,
+    Started,
+    Submitted,
+    Transient,
+)
+from workers.runtime import Runtime
+
+
+class NextStep(Enum):
+    WAIT = "wait"
+    """Back to queued on the same account, sent again once the account's pause is over."""
+    RETRY = "retry"
+    """Back to pending for admission to send again, until the attempts run out."""
+    ROTATE = "rotate"
+    """The account is out of rotation (its key refused, its balance empty): the job goes back to
+    pending for another account, untouched by attempts, and the account pauses for the fleet."""
+    FAIL = "fail"
+    UNCERTAIN = "uncertain"
+    """The call may have been paid for: never sent again blindly."""
+
+
+NEXT_STEP: dict[type[ProviderError], NextStep] = {
+    RateLimited: NextStep.WAIT,
+    Transient: NextStep.RETRY,
+    AnswerLost: NextStep.UNCERTAIN,
+    InvalidRequest: NextStep.FAIL,
+    Refused: NextStep.FAIL,
+    BadCredentials: NextStep.ROTATE,
+    OutOfCredits: NextStep.ROTATE,
+}
+
+ROTATION_REASONS: dict[type[ProviderError], str] = {
+    BadCredentials: "the provider refused its key",
+    OutOfCredits: "out of credits",
+}
+
+
+@dataclass(frozen=True)
+class AfterSubmit:
+    """What the submit task does next."""
+
+    wait: float | None = None
+    """Send the same message again after this many seconds (the allowance is spent or paused)."""
+    collect: bool = False
+    """The pictures came with the answer (a synchronous provider): collect them now."""
+
+
+def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
+    """Send the job if it is still queued, and record what the provider answered."""
+    with Session(runtime.engine) as session:
+        job = session.get(Job, job_id)
+    if job is None or job.state != JobState.QUEUED or job.account is None:
+        return AfterSubmit()
+    account = runtime.accounts.get(job.account)
+    if account is None:
+        with session_scope(runtime.engine) as session:
+            move(session, job_id, JobState.QUEUED, JobState.PENDING, account=job.pinned_account)
+        return AfterSubmit()
+
+    wait = runtime.limiter.acquire(account.name, account.rpm)
+    if wait > 0:
+        if runtime.limiter.standing(account.name).out_of_rotation:
+            with session_scope(runtime.engine) as session:
+                move(session, job_id, JobState.QUEUED, JobState.PENDING, account=job.pinned_account)
+            return AfterSubmit()
+        return AfterSubmit(wait=wait)
+    with session_scope(runtime.engine) as session:
+        if not move(session, job_id, JobState.QUEUED, JobState.SUBMITTING):
+            return AfterSubmit()
+
+    try:
+        submitted = runtime.provider(account.name).submit(JobSpec.model_validate(job.spec))
+    except ProviderError as error:
+        return AfterSubmit(wait=_after_error(runtime, job, error))
+    return AfterSubmit(collect=_record_submitted(runtime, job, submitted))
+
+
+def _record_submitted(runtime: Runtime, job: Job, submitted: Submitted) -> bool:
+    """Record the provider tasks a submit started; True when they are finished already."""
+    assert job.id is not None and job.account is not None
+    now = utcnow()
+    model = job.spec.get("model")
+    first_poll = now + timedelta(seconds=runtime.timing.first_poll_delay(job.provider, model))
+    if isinstance(submitted, Finished):
+        target = JobState.COLLECTING
+        images = [{"url": image.url} for image in submitted.images]
+        tasks = [_task(job, now, index=0, remote_id="", state="succeeded", images=images, finished_at=now)]
+    else:
+        target = JobState.RUNNING
+        tasks = [
+            _task(job, now, index=index, remote_id=remote_id, next_poll_at=first_poll)
+            for index, remote_id in enumerate(submitted.task_ids)
+        ]
+    with session_scope(runtime.engine) as session:
+        if not move(session, job.id, JobState.SUBMITTING, target, error=None):
+            return False
+        session.add_all(tasks)
+    if isinstance(submitted, Started) and submitted.credits_remaining is not None:
+        with session_scope(runtime.engine) as session:
+            record_balance(session, job.account, job.provider, submitted.credits_remaining)
+    return target is JobState.COLLECTING
+
+
+def _task(job: Job, now: datetime, **values: Any) -> ProviderTask:
+    assert job.id is not None and job.account is not None
+    return ProviderTask(job_id=job.id, account=job.account, provider=job.provider, submitted_at=now, **values)
+
+
+def record_balance(session: Session, account: str, provider: str, credits: float) -> None:
+    """An upsert: workers answered at the same moment for one account must not collide on its row.
+
+    It runs after the job's own record is committed, so a balance can never cost a job its tasks.
+    """
+    values = {"account": account, "provider": provider, "credits_remaining": credits, "updated_at": utcnow()}
+    insert = upsert_insert(session)(AccountBalance).values(**values)
+    session.execute(
+        insert.on_conflict_do_update(
+            index_elements=["account"],
+            set_={"credits_remaining": credits, "updated_at": values["updated_at"]},
+        )
+    )
+
+
+def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | None:
+    assert job.id is not None and job.account is not None
+    step = NEXT_STEP[type(error)]
+    reason = f"{job.account}: {error}"
+    with session_scope(runtime.engine) as session:
+        if step is NextStep.WAIT:
+            assert isinstance(error, RateLimited)
+            runtime.limiter.pause(job.account, error.retry_after, "rate limited by the provider (429)")
+            move(session, job.id, JobState.SUBMITTING, JobState.QUEUED, error=reason)
+            return error.retry_after
+        if step is NextStep.ROTATE:
+            why = ROTATION_REASONS[type(error)]
+            runtime.limiter.pause(job.account, runtime.settings.rotation_pause, why, out_of_rotation=True)
+            move(session, job.id, JobState.SUBMITTING, JobState.PENDING, account=job.pinned_account, error=reason)
+            return None
+        if step is NextStep.RETRY and job.attempts + 1 < runtime.settings.submit_attempts:
+            move(
+                session,
+                job.id,
+                JobState.SUBMITTING,
+                JobState.PENDING,
+                account=job.pinned_account,
+                attempts=job.attempts + 1,
+                error=reason,
+            )
+        elif step is NextStep.UNCERTAIN:
+            move(session, job.id, JobState.SUBMITTING, JobState.UNCERTAIN, error=reason)
+        else:
+            move(session, job.id, JobState.SUBMITTING, JobState.FAILED, attempts=job.attempts + 1, error=reason)
+    return None
