@@ -2,6 +2,10 @@
 
 throughput: the pipeline's end-to-end throughput beside a bare Celery no-op's, same broker,
 same worker settings, same run; and their ratio.
+ratelimit: one key's use of its limit by four worker processes, beside Celery's own ``rate_limit``;
+and ``genq plan``'s estimate beside what the run spent.
+polls: provider requests per finished image beside the polling loop of the provider's document.
+admission: one dispatch round with 10,000 and with 1,000,000 pending jobs on PostgreSQL.
 
 The pipeline runs against the sandbox at zero latency with no rate limit, so what is measured is
 genq's own cost per job: admission, submit, polls, download, checks, storage and records.
@@ -146,9 +150,14 @@ def throughput() -> None:
 
 def main(argv: list[str]) -> None:
     """``python -m bench [section ...]``: every section when none is named."""
-    from bench import admission
+    from bench import admission, polls, ratelimit
 
-    sections: dict[str, Callable[[], None]] = {"throughput": throughput, "admission": admission.main}
+    sections: dict[str, Callable[[], None]] = {
+        "throughput": throughput,
+        "ratelimit": ratelimit.main,
+        "polls": polls.main,
+        "admission": admission.main,
+    }
     unknown = [name for name in argv if name not in sections]
     if unknown:
         raise SystemExit(f"unknown bench section(s): {', '.join(unknown)}; known: {', '.join(sections)}")

@@ -113,6 +113,28 @@ def test_batches_of_equal_priority_share_an_account_fairly(tmp_path, engine, dat
     assert len([job for job in claimed if job in sprites]) == 5
 
 
+def test_a_batch_arriving_at_a_full_account_gets_the_first_place_that_frees_and_then_half(
+    tmp_path, engine, database_url, monkeypatch, clean_redis
+):
+    monkeypatch.setenv("GENQ_TEST_SANDBOX_KEY", "k")
+    runtime = runtime_for(tmp_path, database_url, clean_redis, rpm=100, max_in_flight=2)
+    overnight = pending_jobs(engine, 500, name="overnight")
+    in_flight = dispatch(runtime)
+    assert in_flight == overnight[:2]  # alone, it takes the whole account
+    sprites = pending_jobs(engine, 40, name="sprites")
+
+    # Jobs finish one at a time, oldest first, so every round has room for one job only.
+    taken = []
+    for _ in range(6):
+        with session_scope(engine) as session:
+            session.get(Job, in_flight.pop(0)).state = JobState.SUCCEEDED.value
+        claimed = dispatch(runtime)
+        taken += claimed
+        in_flight += claimed
+
+    assert taken == [sprites[0], overnight[2], sprites[1], overnight[3], sprites[2], overnight[4]]
+
+
 def test_a_small_batch_takes_what_it_has_and_leaves_the_rest_to_the_others(
     tmp_path, engine, database_url, monkeypatch, clean_redis
 ):

@@ -9,9 +9,11 @@ the candidates are locked with SKIP LOCKED, so they do not even contend).
 
 from __future__ import annotations
 
+import heapq
 import math
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from itertools import groupby, zip_longest
+from itertools import groupby
 
 from sqlalchemy import Engine, func, or_, update
 from sqlmodel import Session, col, select
@@ -78,9 +80,10 @@ def in_flight(engine: Engine) -> dict[str, int]:
 def claim(engine: Engine, account: Account, limit: int) -> list[int]:
     """Move up to ``limit`` pending jobs this account can serve to ``queued``.
 
-    Higher-priority batches first; between batches of equal priority, fair shares: the candidates
-    are dealt round-robin, one job of each batch in turn, so an overnight catalog of 50,000 jobs does
-    not starve a sprite batch of 40 started after it. Each batch's candidates are read through the
+    Higher-priority batches first; between batches of equal priority, fair shares of the account:
+    each place goes to the batch holding the fewest of its places now, so an overnight catalog of
+    50,000 jobs does not starve a sprite batch of 40 started after it, even when a round has room for
+    one job only (a job of the catalog just finished). Each batch's candidates are read through the
     ``(batch_id, state, provider, id)`` index with a limit, so a round costs the same with a
     thousand pending jobs as with a million.
     """
@@ -90,10 +93,14 @@ def claim(engine: Engine, account: Account, limit: int) -> list[int]:
             .where(col(Batch.state) == "running")
             .order_by(col(Batch.priority).desc(), col(Batch.id))
         ).all()
+        held = _held_by_batch(session, account)
         chosen: list[int] = []
         for _, group in groupby(batches, key=lambda row: row[1]):
-            per_batch = [_candidates(session, engine, account, batch_id, limit - len(chosen)) for batch_id, _ in group]
-            chosen += _round_robin(per_batch, limit - len(chosen))
+            per_batch = [
+                (held.get(batch_id, 0), _candidates(session, engine, account, batch_id, limit - len(chosen)))
+                for batch_id, _ in group
+            ]
+            chosen += fair_shares(per_batch, limit - len(chosen))
             if len(chosen) >= limit:
                 break
         if not chosen:
@@ -125,7 +132,28 @@ def _candidates(session: Session, engine: Engine, account: Account, batch_id: in
     return [job_id for job_id in session.exec(query).all() if job_id is not None]
 
 
-def _round_robin(queues: list[list[int]], limit: int) -> list[int]:
-    """One from each queue in turn until ``limit`` are taken or every queue is empty."""
-    dealt = [job_id for row in zip_longest(*queues) for job_id in row if job_id is not None]
-    return dealt[:limit]
+def _held_by_batch(session: Session, account: Account) -> dict[int | None, int]:
+    """How many of the account's in-flight places each batch holds now."""
+    rows = session.exec(
+        select(Job.batch_id, func.count())
+        .where(col(Job.state).in_([state.value for state in IN_FLIGHT]), col(Job.account) == account.name)
+        .group_by(col(Job.batch_id))
+    ).all()
+    return dict(rows)
+
+
+def fair_shares(queues: Sequence[tuple[int, Sequence[int]]], limit: int) -> list[int]:
+    """Up to ``limit`` jobs from ``(places held, candidates)`` per batch, each to the batch holding fewest.
+
+    Ties go to the batch listed first (the older one). The result is in the order the jobs were given.
+    """
+    heap = [(held, index, 0) for index, (held, candidates) in enumerate(queues) if candidates]
+    heapq.heapify(heap)
+    dealt: list[int] = []
+    while heap and len(dealt) < limit:
+        held, index, taken = heapq.heappop(heap)
+        candidates = queues[index][1]
+        dealt.append(candidates[taken])
+        if taken + 1 < len(candidates):
+            heapq.heappush(heap, (held + 1, index, taken + 1))
+    return dealt
