@@ -24,6 +24,7 @@ from pathlib import Path
 import redis
 import yaml
 
+from bench.fleet import scoped_environ
 from jobs.batchfile import parse_batch
 from jobs.db import make_engine, migrate
 from jobs.producer import produce
@@ -139,9 +140,9 @@ def throughput() -> None:
                 "GENQ_DISPATCH_INTERVAL": "0.5",
                 "GENQ_SWEEP_INTERVAL": "0.2",
             }
-            os.environ.update(env)
-            noop = bench_noop(env, work)
-            pipeline = bench_pipeline(env, work, sandbox.url)
+            with scoped_environ(env):
+                noop = bench_noop(env, work)
+                pipeline = bench_pipeline(env, work, sandbox.url)
     print("genq bench: throughput through one broker, one worker process, 8 threads")
     print(f"  bare Celery no-op task     {noop:9.1f} tasks/s  ({NOOPS} tasks)")
     print(f"  genq pipeline, end to end  {pipeline:9.1f} jobs/s   ({JOBS} jobs: submit, poll, collect, store)")

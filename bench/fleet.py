@@ -66,6 +66,19 @@ class Fleet:
 
 
 @contextmanager
+def scoped_environ(env: dict[str, str]) -> Iterator[None]:
+    """``env`` set in this process (settings read it) for the block only: one section's settings,
+    such as the throughput bench's quick first poll, must not leak into the next."""
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@contextmanager
 def fleet(
     config: SandboxConfig, accounts: list[dict[str, Any]], *, workers: int, app: str = "workers"
 ) -> Iterator[Fleet]:
@@ -88,21 +101,21 @@ def fleet(
             "GENQ_DISPATCH_INTERVAL": "0.5",
             "GENQ_SWEEP_INTERVAL": "0.25",
         }
-        os.environ.update(env)
-        settings = Settings()
-        migrate(make_engine(settings.resolved_database_url()))
-        processes = [_worker(app, env, work / f"worker-{n}.log", beat=n == 0) for n in range(workers)]
-        try:
-            _wait_ready(processes, work)
-            yield Fleet(work, env, sandbox, settings)
-        finally:
-            for process in processes:
-                process.terminate()
-            for process in processes:
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+        with scoped_environ(env):
+            settings = Settings()
+            migrate(make_engine(settings.resolved_database_url()))
+            processes = [_worker(app, env, work / f"worker-{n}.log", beat=n == 0) for n in range(workers)]
+            try:
+                _wait_ready(processes, work)
+                yield Fleet(work, env, sandbox, settings)
+            finally:
+                for process in processes:
+                    process.terminate()
+                for process in processes:
+                    try:
+                        process.wait(timeout=20)
+                    except subprocess.TimeoutExpired:
+                        process.kill()
 
 
 def _worker(app: str, env: dict[str, str], log: Path, *, beat: bool) -> subprocess.Popen[bytes]:

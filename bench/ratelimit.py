@@ -5,9 +5,10 @@ a batch of about three minutes of work. genq's fleet-wide limiter beside Celery'
 from __future__ import annotations
 
 import os
+from bisect import bisect_left
 from pathlib import Path
 
-from bench.fleet import Fleet, busiest_minute, fleet
+from bench.fleet import Fleet, busiest_minute, fleet, scoped_environ
 from jobs.accounts import load_accounts
 from sandbox.config import ProviderConfig, SandboxConfig
 from workers.plan import plan_batch
@@ -37,9 +38,10 @@ def genq_run() -> dict[str, float]:
 
 def celery_rate_limit_run() -> dict[str, float]:
     """The same batch, genq's limiter out of the way, Celery's ``rate_limit`` of RPM/WORKERS on submit."""
-    os.environ["GENQ_BENCH_CELERY_RATE_LIMIT"] = f"{RPM // WORKERS}/m"
     account = {"name": "girl-1", "provider": "girlgenerator", "rpm": 1_000_000, "max_in_flight": 16}
-    with fleet(sandbox_config(), [account], workers=WORKERS, app="bench.celery_rate_limited") as f:
+    limit = {"GENQ_BENCH_CELERY_RATE_LIMIT": f"{RPM // WORKERS}/m"}
+    app = "bench.celery_rate_limited"
+    with scoped_environ(limit), fleet(sandbox_config(), [account], workers=WORKERS, app=app) as f:
         spec = f.batch("rate", [f"portrait number {n}" for n in range(JOBS)], "girlgenerator")
         status, _ = f.run(spec)
         return _figures(f, status.state)
@@ -49,15 +51,21 @@ def _figures(f: Fleet, state: str) -> dict[str, float]:
     requests = f.keyed_requests("girlgenerator")
     times = sorted(r["t"] for r in requests if r["status"] != 429)
     last_submit = max(r["t"] for r in requests if r["kind"] == "submit" and r["status"] != 429)
-    saturated = [t for t in times if t <= last_submit]
-    span = saturated[-1] - saturated[0]
     return {
         "requests": len(times),
         "rate_429": sum(1 for r in requests if r["status"] == 429),
-        "use": (len(saturated) - 1) / span * 60 / RPM if span > 0 else 0.0,
+        "use": minute_use(times, times[0], last_submit),
         "busiest_minute": busiest_minute(times),
         "succeeded": 1.0 if state == "succeeded" else 0.0,
     }
+
+
+def minute_use(times: list[float], start: float, end: float) -> float:
+    """Requests per minute over the limit, averaged over every 60-second window (one a second) from
+    the first request to the last submit: the span in which there was always work waiting."""
+    starts = [start + k for k in range(int(end - start - 60) + 1)] or [start]
+    counts = [bisect_left(times, t + 60) - bisect_left(times, t) for t in starts]
+    return sum(counts) / len(counts) / RPM
 
 
 def main() -> None:

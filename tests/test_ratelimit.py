@@ -21,6 +21,14 @@ def test_no_more_than_rpm_requests_are_taken_in_a_minute(clean_redis):
     assert first.available("acct", 5) == 0
 
 
+def test_admission_can_look_ahead_to_requests_that_free_soon(clean_redis):
+    rl = limiter(clean_redis)
+    assert [rl.acquire("acct", 3) for _ in range(2)] == [0, 0]
+    assert rl.available("acct", 3) == 1
+    assert rl.available("acct", 3, within=30) == 1  # the two taken are still in the window then
+    assert rl.available("acct", 3, within=61) == 3  # and gone by then
+
+
 def test_a_refusal_says_how_long_until_a_request_frees(clean_redis):
     rl = limiter(clean_redis)
     assert rl.acquire("acct", 1) == 0

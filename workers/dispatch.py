@@ -43,7 +43,7 @@ def dispatch(runtime: Runtime) -> list[int]:
         room = account.max_in_flight - busy.get(account.name, 0)
         if room <= 0:
             continue
-        allowance = runtime.limiter.available(account.name, account.rpm)
+        allowance = runtime.limiter.available(account.name, account.rpm, within=runtime.settings.dispatch_interval)
         if adapter.polls_count_against_limit and allowance > 0:
             allowance -= math.ceil(polls_due(runtime.engine, account.name, horizon) / adapter.batch_poll_size)
         room = min(room, allowance)

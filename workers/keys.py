@@ -23,3 +23,8 @@ def kick(name: str) -> str:
 def first_poll() -> str:
     """A hash of the learned first-poll delay (seconds), by ``provider:model``."""
     return f"{PREFIX}:timing:first-poll"
+
+
+def completions(field: str) -> str:
+    """A list of the latest finished tasks' completion times (seconds) of one ``provider:model``."""
+    return f"{PREFIX}:timing:completions:{field}"

@@ -89,8 +89,8 @@ def plan_batch(
         rpm = sum(account.rpm for account in serving)
         slots = sum(account.max_in_flight for account in serving)
         generation = max((generation_seconds(provider, job.model) for job in jobs), default=0.0)
-        # A key idle at the start sends a minute's allowance at once, then one as each frees.
-        by_rate = 60.0 * max(limited - rpm, 0) / rpm if rpm else math.inf
+        # A key idle at the start sends what its in-flight places take at once, then one as each frees.
+        by_rate = 60.0 * max(limited - min(rpm, slots), 0) / rpm if rpm else math.inf
         by_slots = generation * math.ceil(len(jobs) / slots) if slots else math.inf
         plans.append(
             ProviderPlan(

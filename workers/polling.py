@@ -116,9 +116,10 @@ def _record(
     """Write what a poll found, noting in ``result`` a job that is ready or has failed."""
     now = utcnow()
     age = (now - task.submitted_at).total_seconds()
-    if task.polls == 0 and status is not None:
-        done = not isinstance(status, StillRunning)
-        runtime.timing.observe_first_poll(task.provider, model, done=done)
+    if isinstance(status, Finished):
+        first = runtime.timing.first_poll_delay(task.provider, model)
+        gap = follow_up_gap(runtime.settings, task.polls, first) if task.polls else 0.0
+        runtime.timing.observe_finished(task.provider, model, elapsed=age, at_first_poll=task.polls == 0, gap=gap)
     if status is None or isinstance(status, StillRunning):
         if age > runtime.settings.max_task_age:
             status = TaskFailed(f"still running after {age:.0f} s; given up")
@@ -178,8 +179,13 @@ def _reschedule(
 
 
 def next_poll_delay(settings: Settings, polls: int, first: float) -> float:
-    """Seconds to the next poll after ``polls`` that found the task running: a short follow-up (a
-    share of the learned first delay, since it is likely done soon), growing by half each time,
-    capped, with jitter so tasks submitted together do not stay in lockstep."""
+    """Seconds to the next poll after ``polls`` that found the task running: ``follow_up_gap``, with
+    jitter so tasks submitted together do not stay in lockstep."""
+    return follow_up_gap(settings, polls, first) * random.uniform(0.8, 1.2)
+
+
+def follow_up_gap(settings: Settings, polls: int, first: float) -> float:
+    """The wait after ``polls`` that found the task running: a short follow-up (a share of the
+    learned first delay, since it is likely done soon), growing by half each time, capped."""
     base = max(first * FOLLOW_UP_SHARE, MIN_FOLLOW_UP) * (1.5 ** (polls - 1))
-    return min(base, settings.max_poll_interval) * random.uniform(0.8, 1.2)
+    return min(base, settings.max_poll_interval)

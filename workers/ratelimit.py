@@ -35,13 +35,14 @@ local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 return math.max(tonumber(oldest[2]) + window - now, 1)
 """
 
-# KEYS: log, pause. ARGV: rpm, window (ms). Returns {requests left now, ms of pause left}.
+# KEYS: log, pause. ARGV: rpm, window (ms), ahead (ms). Returns {requests left by then, ms of pause left}.
 _PEEK = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
-local left = tonumber(ARGV[1]) - redis.call('ZCARD', KEYS[1])
-return {math.max(left, 0), math.max(redis.call('PTTL', KEYS[2]), 0)}
+local window = tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local still = redis.call('ZCOUNT', KEYS[1], '(' .. (now + tonumber(ARGV[3]) - window), '+inf')
+return {math.max(tonumber(ARGV[1]) - still, 0), math.max(redis.call('PTTL', KEYS[2]), 0)}
 """
 
 # KEYS: pause. ARGV: ms, why (JSON). Lengthens a pause, never shortens one.
@@ -93,9 +94,15 @@ class RateLimiter:
         )
         return int(waited) / 1000.0
 
-    def available(self, account: str, rpm: int) -> int:
-        """How many requests the account may send right now (0 while paused)."""
-        left, paused = self._peek(keys=[keys.rate_log(account), keys.rate_pause(account)], args=[rpm, self.window_ms])
+    def available(self, account: str, rpm: int, *, within: float = 0.0) -> int:
+        """How many requests the account may send ``within`` seconds from now (0 while paused).
+
+        Admission looks one round ahead: a job claimed for a request that frees before the next
+        round waits for it in its submit task (to the millisecond) rather than for that round.
+        """
+        left, paused = self._peek(
+            keys=[keys.rate_log(account), keys.rate_pause(account)], args=[rpm, self.window_ms, int(within * 1000)]
+        )
         return 0 if int(paused) > 0 else int(left)
 
     def pause(self, account: str, seconds: float, reason: str, *, out_of_rotation: bool = False) -> None:

@@ -1,17 +1,24 @@
-"""When to poll a provider task first: learned, per provider and model, from what the first polls found.
+"""When to poll a provider task first: learned, per provider and model, from the tasks that finished.
 
 Every poll is a request the key pays for in its allowance, so the first one should come when the
-picture is likely done. Completion times seen at a poll are biased (a task found done at 28 s may
-have been done at 18 s), so genq learns the first-poll delay itself as a running quantile: each
-first poll says only whether the task was done by then, and the delay moves by a small factor,
-down when it was, up when it was not, until ``QUANTILE`` of the tasks are done at their first poll.
-That is the online quantile estimate (``d -= step * (done - q)``), in a multiplicative form so it
-fits a 3-second model as well as a 3-minute one; one Lua script keeps it atomic across the fleet.
+picture is likely done: at the delay by which ``QUANTILE`` of the tasks are done. Polls only say
+"done" or "not yet", so what a finished task tells about its completion time depends on its polls:
+
+- missed at its first poll, then found done by a follow-up: it finished between its last two polls,
+  and counts as the middle of that gap, which is short (a share of the delay);
+- found done at its first poll: it may have finished long before, so it counts as ``EARLY_SHARE`` of
+  its first poll's time. That keeps the delay probing down, so it follows tasks that got faster,
+  while a share of missed tasks above ``1 - QUANTILE`` pulls it back up.
+
+The delay is the ``QUANTILE`` of the last ``WINDOW`` such times. A poll that came late (its key's
+allowance was spent) counts at the delay rather than at its actual time, so waiting for the limit
+does not teach the fleet that tasks are slower than they are. Tasks submitted together (a batch's
+first wave) are all first polled at the same delay; learning from their completion times rather
+than nudging a running estimate once per poll keeps such a wave from throwing it off. One Lua
+script keeps each update atomic across the fleet.
 """
 
 from __future__ import annotations
-
-import math
 
 import redis
 
@@ -19,17 +26,33 @@ from workers import keys
 
 QUANTILE = 0.9
 """The share of tasks that should be done at their first poll."""
-STEP = 0.05
-"""How far one observation moves the delay (as a log-factor). Small, because first polls come in
-waves (a batch's tasks start together) and a wave of a hundred observations must not swing it."""
+WINDOW = 200
+"""Finished tasks remembered per provider and model."""
+EARLY_SHARE = 0.95
+"""What a task found done at its first poll counts as, a share of that poll's time."""
 FOLLOW_UP_SHARE = 0.1
 """After a first poll that found a task still running, the next comes this share of the delay later."""
 
-# KEYS: the hash. ARGV: field, default delay, factor, floor, ceiling. Returns the new delay.
+# KEYS: the completions list, the delays hash. ARGV: field, elapsed, at first poll (1/0), gap,
+# default delay, early share, window, quantile, floor, ceiling. Returns the new delay.
 _OBSERVE = """
-local d = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or ARGV[2])
-d = math.min(math.max(d * tonumber(ARGV[3]), tonumber(ARGV[4])), tonumber(ARGV[5]))
-redis.call('HSET', KEYS[1], ARGV[1], tostring(d))
+local delay = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or ARGV[5])
+local elapsed = tonumber(ARGV[2])
+local value
+if ARGV[3] == '1' then
+  value = tonumber(ARGV[6]) * math.min(elapsed, delay)
+else
+  value = math.max(elapsed - tonumber(ARGV[4]) / 2, 0)
+end
+redis.call('LPUSH', KEYS[1], tostring(value))
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[7]) - 1)
+local seen = redis.call('LRANGE', KEYS[1], 0, -1)
+local values = {}
+for i, v in ipairs(seen) do values[i] = tonumber(v) end
+table.sort(values)
+local d = values[math.max(1, math.ceil(tonumber(ARGV[8]) * #values))]
+d = math.min(math.max(d, tonumber(ARGV[9])), tonumber(ARGV[10]))
+redis.call('HSET', KEYS[2], ARGV[1], tostring(d))
 return tostring(d)
 """
 
@@ -47,15 +70,21 @@ class CompletionTimes:
         return self.default if learned is None else learned
 
     def learned(self, provider: str, model: str | None) -> float | None:
-        """The delay learned so far, or None when no first poll of this provider and model was seen."""
+        """The delay learned so far, or None when no task of this provider and model has finished."""
         value = self._client.hget(keys.first_poll(), _field(provider, model))
         return None if value is None else float(value)  # type: ignore[arg-type]
 
-    def observe_first_poll(self, provider: str, model: str | None, *, done: bool) -> float:
-        """Move the delay after a first poll that found the task ``done`` or not; returns the new delay."""
-        factor = math.exp(-STEP * ((1.0 if done else 0.0) - QUANTILE))
-        args: list[str | float] = [_field(provider, model), self.default, factor, self.floor, self.ceiling]
-        return float(self._observe(keys=[keys.first_poll()], args=args))
+    def observe_finished(
+        self, provider: str, model: str | None, *, elapsed: float, at_first_poll: bool, gap: float = 0.0
+    ) -> float:
+        """A task found done ``elapsed`` seconds after its submit, at its first poll or by a follow-up
+        ``gap`` seconds after the poll before; returns the new delay."""
+        field = _field(provider, model)
+        args: list[str | float] = [
+            field, elapsed, 1 if at_first_poll else 0, gap, self.default, EARLY_SHARE, WINDOW, QUANTILE,
+            self.floor, self.ceiling,
+        ]  # fmt: skip
+        return float(self._observe(keys=[keys.completions(field), keys.first_poll()], args=args))
 
 
 def _field(provider: str, model: str | None) -> str:
