@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import groupby
 
@@ -33,14 +33,15 @@ def dispatch(runtime: Runtime) -> list[int]:
     requests that polls due soon will need, because a finished picture waiting for its poll holds an
     in-flight place and a link that may expire, while a job waiting to be sent costs nothing yet.
     """
-    busy = in_flight(runtime.engine)
+    held = held_places(runtime.engine)
     horizon = utcnow() + timedelta(seconds=2 * runtime.settings.dispatch_interval)
     queued: list[int] = []
     for account in runtime.accounts.values():
         adapter = ADAPTERS.get(account.provider)
         if adapter is None:
             continue
-        room = account.max_in_flight - busy.get(account.name, 0)
+        by_batch = held.get(account.name, {})
+        room = account.max_in_flight - sum(by_batch.values())
         if room <= 0:
             continue
         allowance = runtime.limiter.available(account.name, account.rpm, within=runtime.settings.dispatch_interval)
@@ -48,7 +49,7 @@ def dispatch(runtime: Runtime) -> list[int]:
             allowance -= math.ceil(polls_due(runtime.engine, account.name, horizon) / adapter.batch_poll_size)
         room = min(room, allowance)
         if room > 0:
-            queued += claim(runtime.engine, account, room)
+            queued += claim(runtime.engine, account, room, by_batch)
     return queued
 
 
@@ -66,19 +67,29 @@ def polls_due(engine: Engine, account: str, by: datetime) -> int:
         ).one()
 
 
-def in_flight(engine: Engine) -> dict[str, int]:
-    """Jobs holding a place of each account's in-flight cap."""
+def held_places(engine: Engine) -> dict[str, dict[int, int]]:
+    """The in-flight places of each account's cap, by the batch holding them: one query a round."""
     with session_scope(engine) as session:
         rows = session.exec(
-            select(Job.account, func.count())
+            select(Job.account, Job.batch_id, func.count())
             .where(col(Job.state).in_([state.value for state in IN_FLIGHT]), col(Job.account).is_not(None))
-            .group_by(col(Job.account))
+            .group_by(col(Job.account), col(Job.batch_id))
         ).all()
-    return {account: count for account, count in rows if account is not None}
+    held: dict[str, dict[int, int]] = {}
+    for account, batch_id, count in rows:
+        if account is not None:
+            held.setdefault(account, {})[batch_id] = count
+    return held
 
 
-def claim(engine: Engine, account: Account, limit: int) -> list[int]:
-    """Move up to ``limit`` pending jobs this account can serve to ``queued``.
+def in_flight(engine: Engine) -> dict[str, int]:
+    """Jobs holding a place of each account's in-flight cap."""
+    return {account: sum(by_batch.values()) for account, by_batch in held_places(engine).items()}
+
+
+def claim(engine: Engine, account: Account, limit: int, held: Mapping[int, int]) -> list[int]:
+    """Move up to ``limit`` pending jobs this account can serve to ``queued``; ``held``: the places
+    of its cap each batch holds now.
 
     Higher-priority batches first; between batches of equal priority, fair shares of the account:
     each place goes to the batch holding the fewest of its places now, so an overnight catalog of
@@ -93,11 +104,10 @@ def claim(engine: Engine, account: Account, limit: int) -> list[int]:
             .where(col(Batch.state) == "running")
             .order_by(col(Batch.priority).desc(), col(Batch.id))
         ).all()
-        held = _held_by_batch(session, account)
         chosen: list[int] = []
         for _, group in groupby(batches, key=lambda row: row[1]):
             per_batch = [
-                (held.get(batch_id, 0), _candidates(session, engine, account, batch_id, limit - len(chosen)))
+                (held.get(batch_id or 0, 0), _candidates(session, engine, account, batch_id, limit - len(chosen)))
                 for batch_id, _ in group
             ]
             chosen += fair_shares(per_batch, limit - len(chosen))
@@ -130,16 +140,6 @@ def _candidates(session: Session, engine: Engine, account: Account, batch_id: in
     if not is_sqlite(engine):
         query = query.with_for_update(skip_locked=True)
     return [job_id for job_id in session.exec(query).all() if job_id is not None]
-
-
-def _held_by_batch(session: Session, account: Account) -> dict[int | None, int]:
-    """How many of the account's in-flight places each batch holds now."""
-    rows = session.exec(
-        select(Job.batch_id, func.count())
-        .where(col(Job.state).in_([state.value for state in IN_FLIGHT]), col(Job.account) == account.name)
-        .group_by(col(Job.batch_id))
-    ).all()
-    return dict(rows)
 
 
 def fair_shares(queues: Sequence[tuple[int, Sequence[int]]], limit: int) -> list[int]:

@@ -117,8 +117,10 @@ def _record(
     now = utcnow()
     age = (now - task.submitted_at).total_seconds()
     if isinstance(status, Finished):
-        first = runtime.timing.first_poll_delay(task.provider, model)
-        gap = follow_up_gap(runtime.settings, task.polls, first) if task.polls else 0.0
+        gap = 0.0
+        if task.polls:
+            first = runtime.timing.first_poll_delay(task.provider, model)
+            gap = follow_up_gap(runtime.settings, task.polls, first)
         runtime.timing.observe_finished(task.provider, model, elapsed=age, at_first_poll=task.polls == 0, gap=gap)
     if status is None or isinstance(status, StillRunning):
         if age > runtime.settings.max_task_age:
