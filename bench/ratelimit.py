@@ -1,6 +1,7 @@
 """Rate-limit use: one girlgenerator key at 120 requests a minute, polls counted, four worker processes,
-a batch of about three minutes of work. genq's fleet-wide limiter beside Celery's own per-worker
-``rate_limit`` on the submit task; and ``genq plan``'s estimate beside what the run then spent."""
+a batch of about three minutes of work. genq's fleet-wide limiter, beside the same limiter without
+its pacing (the whole minute may go at once) and beside Celery's own per-worker ``rate_limit`` on the
+submit task; and ``genq plan``'s estimate beside what the run then spent."""
 
 from __future__ import annotations
 
@@ -26,11 +27,13 @@ def sandbox_config() -> SandboxConfig:
     return SandboxConfig(image_long_side=64, providers={"girlgenerator": girl})
 
 
-def genq_run() -> dict[str, float]:
+def genq_run(env: dict[str, str] | None = None) -> dict[str, float]:
+    """``env``: settings of this run (``GENQ_RATE_SPREAD=0`` for the limiter without its pacing)."""
     account = {"name": "girl-1", "provider": "girlgenerator", "rpm": RPM, "max_in_flight": 16}
-    with fleet(sandbox_config(), [account], workers=WORKERS) as f:
+    with scoped_environ(env or {}), fleet(sandbox_config(), [account], workers=WORKERS) as f:
         spec = f.batch("rate", [f"portrait number {n}" for n in range(JOBS)], "girlgenerator")
-        plan = plan_batch(spec, load_accounts(Path(f.env["GENQ_ACCOUNTS"])), lambda _p, _m: GENERATION[0])
+        accounts = load_accounts(Path(f.env["GENQ_ACCOUNTS"]))
+        plan = plan_batch(spec, accounts, lambda _p, _m: GENERATION[0], spread=f.settings.rate_spread)
         status, seconds = f.run(spec)
         figures = _figures(f, status.state)
         return figures | {"plan_requests": plan.requests, "plan_seconds": plan.seconds, "seconds": seconds}
@@ -70,11 +73,14 @@ def minute_use(times: list[float], start: float, end: float) -> float:
 
 def main() -> None:
     genq = genq_run()
+    unpaced = genq_run({"GENQ_RATE_SPREAD": "0"})
     celery = celery_rate_limit_run()
     print(f"rate-limit use: girlgenerator at {RPM} requests/min (polls counted), {WORKERS} worker processes, "
           f"{JOBS} jobs")  # fmt: skip
     print(f"  genq's limiter             use {genq['use']:.3f} of the limit (goal 0.98 or more), "
           f"busiest minute {genq['busiest_minute']:.0f}, 429s {genq['rate_429']:.0f} (goal 0)")  # fmt: skip
+    print(f"  the same, not paced        use {unpaced['use']:.3f} of the limit, "
+          f"busiest minute {unpaced['busiest_minute']:.0f}, 429s {unpaced['rate_429']:.0f}")  # fmt: skip
     print(f"  Celery rate_limit {RPM // WORKERS}/m x{WORKERS}   429s {celery['rate_429']:.0f}, "
           f"busiest minute {celery['busiest_minute']:.0f}")  # fmt: skip
     print("estimate: genq plan beside the run")

@@ -179,7 +179,8 @@ def _plan(spec: BatchSpec, settings: Settings) -> Plan:
         return ADAPTERS[provider].typical_seconds if seen is None else seen
 
     try:
-        return plan_batch(spec, load_accounts(settings.accounts, require_keys=False), generation_seconds)
+        accounts = load_accounts(settings.accounts, require_keys=False)
+        return plan_batch(spec, accounts, generation_seconds, spread=settings.rate_spread)
     finally:
         client.close()
 

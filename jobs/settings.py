@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     """Seconds added to the 60-second window of each key's limit, for the time a request takes to
     reach the provider; 0.5 s costs under 1% of the allowance."""
 
+    rate_spread: float = 10.0
+    """Seconds over which each key's requests are paced: none of these stretches holds more than its
+    share of the minute and a quarter (10 requests may always go at once). 0 lets a key's whole
+    minute go in one burst, which the fleet often cannot repeat when the window frees it a minute on."""
+
     rotation_pause: float = 900.0
     """Seconds an account stays out of rotation after its key was refused or its balance ran out;
     then one job tries it again."""

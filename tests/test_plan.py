@@ -29,6 +29,28 @@ def test_a_rate_bound_batch_takes_as_long_as_its_submits_at_the_accounts_limits(
     assert plan.seconds == 60 * 80 / 20 + 20
 
 
+def test_a_paced_key_sends_no_more_at_once_than_its_pace_allows():
+    spec = parse_batch(("prompt,provider\n" + "a cat,gencraft\n" * 265).encode(), "cats.csv")
+    accounts = {"gc": account("gc", "gencraft", rpm=120, max_in_flight=50)}
+
+    plan = plan_batch(spec, accounts, lambda provider, model: 20.0, spread=10)
+
+    # 25 at once (20 a 10-second stretch and a quarter), not 50; the other 240 at 120 a minute.
+    assert plan.seconds == 60 * 240 / 120 + 20
+
+
+def test_polls_that_wait_their_turn_in_a_spent_allowance_find_their_tasks_done():
+    spec = parse_batch(("prompt,provider\n" + "a cat,girlgenerator\n" * 100).encode(), "cats.csv")
+
+    [rate_bound] = plan_batch(spec, {"gg": account("gg", "girlgenerator", rpm=10, max_in_flight=50)},
+                              lambda p, m: 20.0).providers  # fmt: skip
+    [slot_bound] = plan_batch(spec, {"gg": account("gg", "girlgenerator", rpm=600, max_in_flight=2)},
+                              lambda p, m: 20.0).providers  # fmt: skip
+
+    assert rate_bound.polls == 100  # girlgenerator counts polls: each waits for the key, one a task
+    assert slot_bound.polls == 115  # the polls come when tasks are likely done: a tenth need a follow-up or two
+
+
 def test_a_slot_bound_batch_is_limited_by_what_may_run_at_once():
     spec = parse_batch(("prompt,provider\n" + "a cat,gencraft\n" * 8).encode(), "cats.csv")
     plan = plan_batch(spec, {"gc": account("gc", "gencraft", rpm=600, max_in_flight=2)}, lambda p, m: 30.0)

@@ -7,11 +7,11 @@ import threading
 import redis
 
 from jobs.redisserver import client_url
-from workers.ratelimit import RateLimiter
+from workers.ratelimit import RateLimiter, burst_limit
 
 
-def limiter(url: str) -> RateLimiter:
-    return RateLimiter(redis.Redis.from_url(client_url(url)))
+def limiter(url: str, spread: float = 0.0) -> RateLimiter:
+    return RateLimiter(redis.Redis.from_url(client_url(url)), spread=spread)
 
 
 def test_no_more_than_rpm_requests_are_taken_in_a_minute(clean_redis):
@@ -59,6 +59,23 @@ def test_accounts_do_not_share_an_allowance(clean_redis):
     rl = limiter(clean_redis)
     assert rl.acquire("a", 1) == 0
     assert rl.acquire("b", 1) == 0
+
+
+def test_a_paced_key_spends_its_minute_over_the_spread_not_at_once(clean_redis):
+    rl = limiter(clean_redis, spread=10)
+    assert burst_limit(120, 10) == 25  # 20 a stretch, and a quarter more to catch up a lull
+    taken = [rl.acquire("acct", 120) for _ in range(30)]
+    assert taken[:25] == [0] * 25
+    assert all(9 < wait <= 10 for wait in taken[25:])  # when the first of the stretch leaves it
+    assert rl.available("acct", 120) == 0
+    assert rl.available("acct", 120, within=11) == 25  # the stretch has moved on; the minute has 95 left
+
+
+def test_a_slow_key_sends_a_few_jobs_at_once_however_it_is_paced(clean_redis):
+    rl = limiter(clean_redis, spread=10)
+    assert [rl.acquire("acct", 10) for _ in range(10)] == [0] * 10
+    assert 59 < rl.acquire("acct", 10) <= 60.5
+    assert burst_limit(30, 10) == 10 and burst_limit(6, 10) == 6 and burst_limit(600, 0) == 600
 
 
 def test_a_pause_stops_every_client_and_is_never_shortened(clean_redis):

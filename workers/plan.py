@@ -2,10 +2,11 @@
 
 The same rules the fleet runs by are counted here, so the estimate holds: one submit a job (plus an
 upload a reference where the provider takes them that way), polls as the learned first-poll delay
-makes them (``QUANTILE`` of tasks done at the first poll, the rest at a follow-up), grouped as the
-provider allows, and only the requests a provider counts spend its keys' allowance. Time is the
-longer of what the allowance (a minute's worth at once, then as the window frees) and the in-flight
-caps permit, plus one generation.
+makes them (``QUANTILE`` of tasks done at the first poll, the rest at a follow-up; all at the first
+where polls wait their turn in a key's spent allowance), grouped as the provider allows, and only the
+requests a provider counts spend its keys' allowance. Time is the longer of what the allowance (what
+the in-flight places and the key's pace take at once, then a minute's worth a minute) and the
+in-flight caps permit, plus one generation.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from jobs.accounts import Account
 from jobs.spec import BatchSpec, JobSpec
 from workers.providers import ADAPTERS
+from workers.ratelimit import burst_limit
 from workers.timing import QUANTILE
 
 FOLLOW_UPS_PER_MISS = 1.5
@@ -71,9 +73,14 @@ class Plan:
 
 
 def plan_batch(
-    spec: BatchSpec, accounts: Mapping[str, Account], generation_seconds: Callable[[str, str | None], float]
+    spec: BatchSpec,
+    accounts: Mapping[str, Account],
+    generation_seconds: Callable[[str, str | None], float],
+    *,
+    spread: float = 0.0,
 ) -> Plan:
-    """``generation_seconds(provider, model)``: how long a picture takes (the learned first-poll delay)."""
+    """``generation_seconds(provider, model)``: how long a picture takes (the learned first-poll delay);
+    ``spread``: the seconds over which the fleet paces each key (``Settings.rate_spread``)."""
     jobs_by_provider: dict[str, list[JobSpec]] = defaultdict(list)
     for job in spec.jobs:
         jobs_by_provider[job.provider].append(job)
@@ -84,25 +91,35 @@ def plan_batch(
         costs = [adapter.cost(job) for job in jobs]
         tasks = sum(cost.tasks for cost in costs)
         submits = sum(cost.requests for cost in costs)
-        polls = 0 if adapter.synchronous else _polls(tasks, adapter.batch_poll_size)
-        limited = submits + (polls if adapter.polls_count_against_limit else 0)
         rpm = sum(account.rpm for account in serving)
         slots = sum(account.max_in_flight for account in serving)
+        at_once = sum(min(account.rpm, account.max_in_flight, burst_limit(account.rpm, spread)) for account in serving)
         generation = max((generation_seconds(provider, job.model) for job in jobs), default=0.0)
-        # A key idle at the start sends what its in-flight places take at once, then one as each frees.
-        by_rate = 60.0 * max(limited - min(rpm, slots), 0) / rpm if rpm else math.inf
         by_slots = generation * math.ceil(len(jobs) / slots) if slots else math.inf
+        polls = 0 if adapter.synchronous else _polls(tasks, adapter.batch_poll_size)
+        if adapter.polls_count_against_limit and polls:
+            first_polls = _polls(tasks, adapter.batch_poll_size, follow_ups=False)
+            if _by_rate(submits + first_polls, at_once, rpm) > by_slots:
+                # The key binds, so each poll waits its turn in the allowance and finds its task done.
+                polls = first_polls
+        limited = submits + (polls if adapter.polls_count_against_limit else 0)
         plans.append(
             ProviderPlan(
                 provider=provider, jobs=len(jobs), pictures=sum(cost.pictures for cost in costs), submits=submits,
                 polls=polls, credits=sum(cost.credits for cost in costs), limited_requests=limited,
-                accounts=len(serving), rpm=rpm, seconds=max(by_rate, by_slots) + generation,
+                accounts=len(serving), rpm=rpm, seconds=max(_by_rate(limited, at_once, rpm), by_slots) + generation,
             )
         )  # fmt: skip
     return Plan(tuple(plans))
 
 
-def _polls(tasks: int, group: int) -> int:
+def _by_rate(limited: int, at_once: int, rpm: int) -> float:
+    """Seconds the allowance takes: keys idle at the start send ``at_once`` (what their in-flight
+    places and pace take), then their limit's worth a minute."""
+    return 60.0 * max(limited - at_once, 0) / rpm if rpm else math.inf
+
+
+def _polls(tasks: int, group: int, *, follow_ups: bool = True) -> int:
     """First polls for every task, follow-ups for those not done yet, in requests of ``group`` tasks."""
-    per_task = 1 + (1 - QUANTILE) * FOLLOW_UPS_PER_MISS
+    per_task = 1 + (1 - QUANTILE) * FOLLOW_UPS_PER_MISS if follow_ups else 1
     return math.ceil(tasks * per_task / group)

@@ -3,6 +3,9 @@
 The sweeper leases the due tasks (pushes their next poll a lease ahead) before sending them, so a
 second sweep does not send them twice while their poll is on its way. Polls back off with jitter from
 ``first_poll_delay`` to ``max_poll_interval``; a task past ``max_task_age`` fails with that reason.
+A poll that finds its key's allowance spent is sent again for the moment a request frees, its lease
+lengthened to cover the wait: the next sweep would come up to a sweep interval after that moment,
+and a request no one takes when it frees is lost to the key's minute.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from jobs.lifecycle import JobState, move
 from jobs.models import Job, ProviderTask, utcnow
 from jobs.settings import Settings
 from workers.providers import adapter_class
-from workers.providers.base import Finished, ProviderError, RateLimited, StillRunning, TaskFailed, TaskStatus
+from workers.providers.base import Finished, Provider, ProviderError, RateLimited, StillRunning, TaskFailed, TaskStatus
 from workers.runtime import Runtime
 from workers.timing import FOLLOW_UP_SHARE
 
@@ -29,6 +32,9 @@ LEASE_SECONDS = 60.0
 """How long a task sent to be polled is left alone by the sweeper (the poll itself sets the next time)."""
 MIN_FOLLOW_UP = 0.5
 """Seconds; the shortest wait between two polls of one task."""
+RESEND_WITHIN = 120.0
+"""Seconds; a poll that must wait no longer than this for its key's allowance is sent again for the
+moment it frees. A longer wait is a pause (a 429's Retry-After, a refused key), left to the sweep."""
 SWEEP_LIMIT = 2_000
 """The most provider tasks one sweep sends; the next sweep takes the rest."""
 
@@ -73,6 +79,8 @@ class PollResult:
     """Jobs whose every provider task finished well: to be collected."""
     failed: list[int] = field(default_factory=list)
     """Jobs that failed on this poll."""
+    wait: float | None = None
+    """No poll was made: send the same poll again after this many seconds (the key's allowance is spent)."""
 
 
 def poll_tasks(runtime: Runtime, task_ids: Sequence[int]) -> PollResult:
@@ -83,26 +91,41 @@ def poll_tasks(runtime: Runtime, task_ids: Sequence[int]) -> PollResult:
                 select(ProviderTask).where(col(ProviderTask.id).in_(task_ids), col(ProviderTask.state) == "running")
             ).all()
         )
-    result = PollResult()
     if not tasks:
-        return result
+        return PollResult()
     with Session(runtime.engine) as session:
         specs = session.exec(select(Job.id, Job.spec).where(col(Job.id).in_({task.job_id for task in tasks}))).all()
     models: dict[int, str | None] = {job_id: spec.get("model") for job_id, spec in specs if job_id is not None}
     account = runtime.accounts.get(tasks[0].account)
     if account is None:
-        return result
+        return PollResult()
     provider = runtime.provider(account.name)
     if provider.polls_count_against_limit:
         wait = runtime.limiter.acquire(account.name, account.rpm)
         if wait > 0:
-            _reschedule(runtime, tasks, wait)
-            return result
+            return _wait_for_allowance(runtime, tasks, wait)
+    return _poll(runtime, account.name, provider, tasks, models)
+
+
+def _wait_for_allowance(runtime: Runtime, tasks: Sequence[ProviderTask], wait: float) -> PollResult:
+    """No poll was made. A short wait is taken by sending the poll again for that moment, its lease
+    lengthened past it (should the message be lost, the sweep sends it after all)."""
+    if wait > RESEND_WITHIN:
+        _reschedule(runtime, tasks, wait)
+        return PollResult()
+    _reschedule(runtime, tasks, wait + LEASE_SECONDS)
+    return PollResult(wait=wait)
+
+
+def _poll(
+    runtime: Runtime, account_name: str, provider: Provider, tasks: list[ProviderTask], models: dict[int, str | None]
+) -> PollResult:
+    result = PollResult()
     try:
         statuses = provider.poll([task.remote_id for task in tasks])
     except ProviderError as error:
         if isinstance(error, RateLimited):
-            runtime.limiter.pause(account.name, error.retry_after, "rate limited by the provider (429)")
+            runtime.limiter.pause(account_name, error.retry_after, "rate limited by the provider (429)")
         _reschedule(runtime, tasks, error.retry_after if isinstance(error, RateLimited) else None)
         return result
     for task in tasks:

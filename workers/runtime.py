@@ -38,7 +38,9 @@ class Runtime:
 
     @cached_property
     def limiter(self) -> RateLimiter:
-        return RateLimiter(self.redis, margin=self.settings.rate_window_margin)
+        return RateLimiter(
+            self.redis, margin=self.settings.rate_window_margin, spread=self.settings.rate_spread
+        )
 
     @cached_property
     def timing(self) -> CompletionTimes:

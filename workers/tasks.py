@@ -79,6 +79,9 @@ def sweep_task(self: GenqTask) -> int:
 @app.task(name="genq.poll", base=GenqTask, bind=True)
 def poll_task(self: GenqTask, provider_task_ids: Sequence[int]) -> None:
     found = poll_tasks(self.runtime, provider_task_ids)
+    if found.wait is not None:
+        # As with a submit: the same poll comes back when the key frees a request, retries untouched.
+        poll_task.apply_async((list(provider_task_ids),), countdown=min(found.wait, MAX_COUNTDOWN))
     for job_id in found.ready:
         collect_task.delay(job_id)
     for job_id in found.failed:
