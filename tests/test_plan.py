@@ -31,12 +31,14 @@ def test_a_rate_bound_batch_takes_as_long_as_its_submits_at_the_accounts_limits(
 
 def test_a_paced_key_sends_no_more_at_once_than_its_pace_allows():
     spec = parse_batch(("prompt,provider\n" + "a cat,gencraft\n" * 265).encode(), "cats.csv")
-    accounts = {"gc": account("gc", "gencraft", rpm=120, max_in_flight=50)}
+    accounts = {"gc": account("gc", "gencraft", rpm=120, max_in_flight=200)}
 
-    plan = plan_batch(spec, accounts, lambda provider, model: 20.0, spread=10)
+    paced = plan_batch(spec, accounts, lambda provider, model: 20.0, spread=10)
+    burst = plan_batch(spec, accounts, lambda provider, model: 20.0, spread=0)
 
-    # 25 at once (20 a 10-second stretch and a quarter), not 50; the other 240 at 120 a minute.
-    assert plan.seconds == 60 * 240 / 120 + 20
+    # 25 at once (20 a 10-second stretch and a quarter), not 120; the other 240 at 120 a minute.
+    assert paced.seconds == 60 * 240 / 120 + 20
+    assert burst.seconds == 60 * 145 / 120 + 20  # a whole minute's 120 at once
 
 
 def test_polls_that_wait_their_turn_in_a_spent_allowance_find_their_tasks_done():

@@ -32,9 +32,10 @@ LEASE_SECONDS = 60.0
 """How long a task sent to be polled is left alone by the sweeper (the poll itself sets the next time)."""
 MIN_FOLLOW_UP = 0.5
 """Seconds; the shortest wait between two polls of one task."""
-RESEND_WITHIN = 120.0
+RESEND_WITHIN = 60.0
 """Seconds; a poll that must wait no longer than this for its key's allowance is sent again for the
-moment it frees. A longer wait is a pause (a 429's Retry-After, a refused key), left to the sweep."""
+moment it frees (the longest the broker holds a message back). A longer wait (a pause after a 429,
+a refused key) lives in the database, and the sweep sends the poll when it is over."""
 SWEEP_LIMIT = 2_000
 """The most provider tasks one sweep sends; the next sweep takes the rest."""
 
