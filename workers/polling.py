@@ -94,9 +94,6 @@ def poll_tasks(runtime: Runtime, task_ids: Sequence[int]) -> PollResult:
         )
     if not tasks:
         return PollResult()
-    with Session(runtime.engine) as session:
-        specs = session.exec(select(Job.id, Job.spec).where(col(Job.id).in_({task.job_id for task in tasks}))).all()
-    models: dict[int, str | None] = {job_id: spec.get("model") for job_id, spec in specs if job_id is not None}
     account = runtime.accounts.get(tasks[0].account)
     if account is None:
         return PollResult()
@@ -105,7 +102,7 @@ def poll_tasks(runtime: Runtime, task_ids: Sequence[int]) -> PollResult:
         wait = runtime.limiter.acquire(account.name, account.rpm)
         if wait > 0:
             return _wait_for_allowance(runtime, tasks, wait)
-    return _poll(runtime, account.name, provider, tasks, models)
+    return _poll(runtime, account.name, provider, tasks)
 
 
 def _wait_for_allowance(runtime: Runtime, tasks: Sequence[ProviderTask], wait: float) -> PollResult:
@@ -118,9 +115,9 @@ def _wait_for_allowance(runtime: Runtime, tasks: Sequence[ProviderTask], wait: f
     return PollResult(wait=wait)
 
 
-def _poll(
-    runtime: Runtime, account_name: str, provider: Provider, tasks: list[ProviderTask], models: dict[int, str | None]
-) -> PollResult:
+def _poll(runtime: Runtime, account_name: str, provider: Provider, tasks: list[ProviderTask]) -> PollResult:
+    """The request itself, its allowance taken. The jobs' models (which key the learned first-poll
+    delay) are read only here: a poll that lost the race for a request costs as little as it can."""
     result = PollResult()
     try:
         statuses = provider.poll([task.remote_id for task in tasks])
@@ -129,6 +126,9 @@ def _poll(
             runtime.limiter.pause(account_name, error.retry_after, "rate limited by the provider (429)")
         _reschedule(runtime, tasks, error.retry_after if isinstance(error, RateLimited) else None)
         return result
+    with Session(runtime.engine) as session:
+        specs = session.exec(select(Job.id, Job.spec).where(col(Job.id).in_({task.job_id for task in tasks}))).all()
+    models: dict[int, str | None] = {job_id: spec.get("model") for job_id, spec in specs if job_id is not None}
     for task in tasks:
         _record(runtime, task, statuses.get(task.remote_id), result, models.get(task.job_id))
     return result
