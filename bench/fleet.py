@@ -138,11 +138,3 @@ def _wait_ready(processes: list[subprocess.Popen[bytes]], work: Path, timeout: f
             break
         time.sleep(0.2)
     raise SystemExit(f"bench workers did not start; see the logs in {work}")
-
-
-def busiest_minute(times: list[float]) -> int:
-    """The most requests any 60-second window holds."""
-    from bisect import bisect_right
-
-    times = sorted(times)
-    return max((i + 1 - bisect_right(times, t - 60.0, 0, i + 1) for i, t in enumerate(times)), default=0)

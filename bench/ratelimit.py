@@ -9,9 +9,10 @@ import os
 from bisect import bisect_left
 from pathlib import Path
 
-from bench.fleet import Fleet, busiest_minute, fleet, scoped_environ
+from bench.fleet import Fleet, fleet, scoped_environ
 from jobs.accounts import load_accounts
 from sandbox.config import ProviderConfig, SandboxConfig
+from sandbox.stats import busiest_minute
 from workers.plan import plan_batch
 
 RPM = 120

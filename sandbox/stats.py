@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -20,6 +21,13 @@ Kind = Literal["submit", "poll", "poll_many", "upload", "history", "status", "do
 def key_id(key: str) -> str:
     """The first 8 hex characters of sha256(key): names a key in the record without revealing it."""
     return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def busiest_minute(times: list[float]) -> int:
+    """The most requests any 60-second window of the record holds (each window ending at a request),
+    as a provider with a sliding minute counts them."""
+    times = sorted(times)
+    return max((i + 1 - bisect_right(times, t - 60.0, 0, i + 1) for i, t in enumerate(times)), default=0)
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,12 @@ sandbox's own record, no 60-second window holds more than 60 of its requests, an
 
 from __future__ import annotations
 
-from bisect import bisect_right
 from pathlib import Path
 
 from jobs.batchfile import parse_batch
 from jobs.db import make_engine
 from jobs.producer import produce
+from sandbox.stats import busiest_minute
 from tests.conftest import settings_from, write_accounts
 from tests.test_pipeline import wait_final
 from workers.app import make_app
@@ -16,12 +16,6 @@ from workers.app import make_app
 RPM = 60
 JOBS = 40
 """About 85 requests (a submit and one or two polls each): well past one minute's allowance."""
-
-
-def busiest_minute(times: list[float]) -> int:
-    """The most requests any 60-second window holds (each window ending at a request)."""
-    times = sorted(times)
-    return max(i + 1 - bisect_right(times, t - 60.0, 0, i + 1) for i, t in enumerate(times))
 
 
 def test_four_workers_never_exceed_the_key_limit(tmp_path: Path, genq_env, start_worker, sandbox_server):
