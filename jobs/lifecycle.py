@@ -1,32 +1,26 @@
-"""The job state machine. Every move is a compare-and-set, so a duplicated message moves nothing.
+"""The job state machine (the states themselves are in ``jobs.states``).
+
+Every move is a compare-and-set, so a duplicated message moves nothing.
 
 pending -> queued -> submitting -> running -> collecting -> succeeded
               |           |            |            |
               +-----------+------------+------------+--> failed / canceled
                           +-> uncertain (the answer to a paid call was lost)
+                                  +-> running / collecting (adopted), pending (resubmitted), failed
 """
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import update
 from sqlmodel import Session, col
 
 from jobs.models import Job, utcnow
+from jobs.states import BatchState, JobState, TaskState, UncertainPolicy
 
-
-class JobState(StrEnum):
-    PENDING = "pending"
-    QUEUED = "queued"
-    SUBMITTING = "submitting"
-    RUNNING = "running"
-    COLLECTING = "collecting"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    UNCERTAIN = "uncertain"
+__all__ = ["ALLOWED", "FINAL", "IN_FLIGHT", "BatchState", "IllegalTransition", "JobState", "TaskState",
+           "UncertainPolicy", "move"]  # fmt: skip
 
 
 FINAL: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
@@ -42,7 +36,7 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     ),
     JobState.RUNNING: frozenset({JobState.COLLECTING, *_ENDS}),
     JobState.COLLECTING: frozenset({JobState.SUCCEEDED, *_ENDS}),
-    JobState.UNCERTAIN: frozenset({JobState.RUNNING, JobState.PENDING, *_ENDS}),
+    JobState.UNCERTAIN: frozenset({JobState.RUNNING, JobState.COLLECTING, JobState.PENDING, *_ENDS}),
     JobState.SUCCEEDED: frozenset(),
     JobState.FAILED: frozenset(),
     JobState.CANCELED: frozenset(),

@@ -11,6 +11,8 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
+from jobs.states import BatchState, TaskState
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -27,7 +29,9 @@ class Batch(SQLModel, table=True):
     dedupe_key: str | None = Field(default=None, unique=True)
     """The content hash, unless the batch was forced in again; a second copy of a file finds the first."""
     priority: int = 0
-    state: str = Field(default="running", index=True)
+    state: str = Field(default=BatchState.RUNNING.value, index=True)
+    on_uncertain: str = "fail"
+    """What becomes of a job whose lost answer the provider cannot account for: ``UncertainPolicy``."""
     job_count: int = 0
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
@@ -60,6 +64,19 @@ class Job(SQLModel, table=True):
     attempts: int = 0
     """Submissions sent that failed transiently."""
     error: str | None = None
+    holder: str | None = None
+    """The worker process that holds the job while it submits or collects (``workers.liveness``)."""
+    lease_until: datetime | None = None
+    """Until when the holder's step may take (a submit's call time-out and a margin); the reconciler
+    leaves the job alone before then unless the holder is known dead."""
+    sent_at: datetime | None = None
+    """When its latest submit left: where to look for it at the provider if its answer is lost."""
+    lost_answers: int = 0
+    """Submits of this job whose answer was lost."""
+    adopted: str | None = None
+    """The provider's id of a lost submit found at the provider and taken as this job's."""
+    resubmits: int = 0
+    """Times it was sent again after a lost answer, under ``on_uncertain: resubmit``."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -77,14 +94,28 @@ class ProviderTask(SQLModel, table=True):
     provider: str
     remote_id: str
     """The provider's own task id."""
-    state: str = "running"
+    state: str = TaskState.RUNNING.value
     images: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     """Where the finished pictures are: ``{"url": ...}`` for each, filled when the task completes."""
     error: str | None = None
     polls: int = 0
+    poll_errors: int = 0
+    """Polls in a row whose answer could not be read."""
     submitted_at: datetime = Field(default_factory=utcnow)
     next_poll_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+
+
+class JobEvent(SQLModel, table=True):
+    """A line of a job's history worth keeping: a lost answer, what the provider said of it, a resubmit."""
+
+    __tablename__ = "job_events"
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: int = Field(foreign_key="jobs.id", index=True)
+    at: datetime = Field(default_factory=utcnow)
+    event: str
+    detail: str = ""
 
 
 class Asset(SQLModel, table=True):

@@ -38,11 +38,29 @@ class Settings(BaseSettings):
     sweep_interval: float = 1.0
     """Seconds between poll sweeps."""
 
-    reconcile_interval: float = 30.0
-    """Seconds between sweeps for jobs whose wake-up message was lost."""
+    reconcile_interval: float = 5.0
+    """Seconds between reconciler passes: jobs whose wake-up was lost, whose holder died or whose
+    lease ran out, lost answers to settle, batches to finish. Each pass is a few indexed queries."""
 
     stale_after: float = 120.0
-    """Seconds a job may sit in queued, submitting or collecting before the reconciler acts."""
+    """Seconds a job may sit in collecting (or queued, with no lease) before the reconciler sends its
+    wake-up again; a job whose holder is known dead is taken at once."""
+
+    queued_lease: float = 30.0
+    """Seconds a job claimed by admission may wait for its submit message before it is sent again."""
+
+    lease_margin: float = 5.0
+    """Seconds a submit's lease runs past its call time-out, for the write that records its answer."""
+
+    settle_for: float = 120.0
+    """Seconds after a lost submit's lease during which the provider's record is searched for it
+    (where the provider keeps one) before the batch's ``on_uncertain`` policy decides."""
+
+    max_resubmits: int = 2
+    """How often one job is sent again after lost answers under ``on_uncertain: resubmit``."""
+
+    poll_error_limit: int = 5
+    """Polls in a row whose answer cannot be read before the task fails with that reason."""
 
     first_poll_delay: float = 2.0
     """Seconds from submit to the first poll when nothing has been learned yet."""
@@ -69,8 +87,10 @@ class Settings(BaseSettings):
     submit_attempts: int = 3
     """How often a job is sent after a transient failure before it fails."""
 
-    http_timeout: float = 60.0
-    """Seconds for one provider call."""
+    http_timeout: float = 20.0
+    """Seconds to wait for a provider's answer (each read); a submit's lease is this plus
+    ``lease_margin``, so a killed worker's job is found within about that. Synchronous providers
+    (talecraft) wait longer, by their own account option."""
 
     max_image_bytes: int = 50 * 1024 * 1024
     """The largest image genq downloads; a larger answer is refused."""

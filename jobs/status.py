@@ -10,7 +10,7 @@ from sqlalchemy import Engine, func
 from sqlmodel import Session, col, select
 
 from jobs.errors import NotFound
-from jobs.lifecycle import FINAL, JobState
+from jobs.lifecycle import FINAL, BatchState, JobState
 from jobs.models import Asset, Batch, Job
 
 
@@ -37,7 +37,7 @@ class BatchStatus:
 
     @property
     def final(self) -> bool:
-        return self.state != "running"
+        return self.state != BatchState.RUNNING
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

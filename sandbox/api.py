@@ -3,7 +3,8 @@
 The subclass states only its own contract: its routes, its error body, and its words for the refusals
 the frame makes. The frame does what every provider does alike: find the key in the request, refuse
 invalid keys and keys past their rate limit or out of credits, record every request in the stats,
-hold back the answer of a hanging submit, and serve the pictures its tasks make.
+hold back the answer of a hanging submit, lose a successful submit's answer at the gateway, and serve
+the pictures its tasks make.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ from starlette.routing import BaseRoute, Route
 
 from sandbox.config import ProviderConfig
 from sandbox.images import png_bytes
-from sandbox.state import Account, World
-from sandbox.stats import Kind
+from sandbox.state import UPSTREAM_ERROR_TRIGGER, Account, World, recording_submissions
+from sandbox.stats import Answer, Kind, SubmissionRecord
 
 HOLD_BACK_STEP = 0.1
 """Seconds between looks at whether the server is shutting down, while an answer is held back."""
+GATEWAY_PAGE = (
+    "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+"""What nginx in front of a provider sends when the provider's answer does not reach it: no JSON at all."""
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 Handler = Callable[[Request, Account], Awaitable[Response]]
@@ -97,6 +103,11 @@ class ProviderApi(ABC):
             raise self.out_of_credits()
         account.spent += credits
 
+    def upstream_failed(self, prompt: str) -> bool:
+        """Whether a valid submit answers the provider's server error, before anything is charged or
+        started: its prompt asks for it (``UPSTREAM_ERROR_TRIGGER``) or ``error_rate`` draws it."""
+        return UPSTREAM_ERROR_TRIGGER in prompt or self.world.server_error(self.name)
+
     def long_side(self, documented: int) -> int:
         """Pixels on a picture's long side: the documented size, unless the config asks for smaller."""
         return self.world.config.image_long_side or documented
@@ -111,24 +122,37 @@ class ProviderApi(ABC):
             now = time.time()
             key: str | None = None
             hang = 0.0
-            try:
-                key = self.credential(request)
-                if not self.world.is_valid_key(key):
-                    raise self.invalid_key()
-                account = self.world.account(self.name, key)
-                wait = self.world.admit(account, now)
-                if wait is not None:
-                    raise self.rate_limited(wait)
-                if kind == "submit":
-                    hang = self.world.answer_delay(self.name)
-                response = await handler(request, account)
-            except ApiError as error:
-                response = self.error_response(error)
+            with recording_submissions() as submissions:
+                try:
+                    key = self.credential(request)
+                    if not self.world.is_valid_key(key):
+                        raise self.invalid_key()
+                    account = self.world.account(self.name, key)
+                    wait = self.world.admit(account, now)
+                    if wait is not None:
+                        raise self.rate_limited(wait)
+                    if kind == "submit":
+                        hang = self.world.answer_delay(self.name)
+                    response = await handler(request, account)
+                except ApiError as error:
+                    response = self.error_response(error)
+            if kind == "submit":
+                response = self._deliver(response, submissions, hang)
             self.world.stats.record(now, key, self.name, kind, response.status_code)
             await self._hold_back(hang)
             return response
 
         return endpoint
+
+    def _deliver(self, response: Response, submissions: list[SubmissionRecord], hang: float) -> Response:
+        """A submit's answer as the client gets it: at ``gateway_rate`` a success (the work started and
+        paid for) becomes a gateway's 502 page. The submissions it made are marked with how it went, so
+        the record tells a paid submit whose answer the client never saw."""
+        lost = response.status_code < 300 and self.world.gateway_lost(self.name)
+        answer: Answer = "held_back" if hang > 0 else "gateway" if lost else "normal"
+        for submission in submissions:
+            submission.answer = answer
+        return Response(GATEWAY_PAGE, 502, media_type="text/html") if lost else response
 
     async def _hold_back(self, seconds: float) -> None:
         """Wait ``seconds`` before answering, or less if the server is shutting down meanwhile."""

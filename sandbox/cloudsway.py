@@ -34,7 +34,7 @@ from starlette.routing import BaseRoute, Route
 
 from sandbox.api import ApiError, ProviderApi, json_object, register
 from sandbox.images import size_for_aspect
-from sandbox.state import UPSTREAM_ERROR_TRIGGER, Account, Phase, Picture, Submission, Task, picture_seed
+from sandbox.state import Account, Phase, Picture, Submission, Task, picture_seed
 
 ASPECT_SIZES = {
     "1:1": (1024, 1024),
@@ -139,7 +139,7 @@ class Cloudsway(ProviderApi):
 
     async def generate(self, request: Request, account: Account) -> Response:
         generation = Generation.parse(await json_object(request))
-        if UPSTREAM_ERROR_TRIGGER in generation.prompts:
+        if self.upstream_failed(generation.prompts):
             raise ApiError(500, "internal_error", "Inference service unavailable, please retry later")
         self.charge(account, generation.batchsize)
         task_id = str(uuid.uuid4())

@@ -1,4 +1,5 @@
-"""How the fake providers behave: latency, failures, lost answers, rate limits, credits, picture size.
+"""How the fake providers behave: latency, failures, server errors, lost answers, rate limits, credits,
+picture size.
 
 Frozen pydantic models, so a config can be handed to a server thread and changed only by building a
 new one (``PUT /_sandbox/config/{provider}`` does exactly that, with validation).
@@ -31,6 +32,15 @@ class ProviderConfig(BaseModel):
     answer comes too late for any client, which is how a paid submit's answer gets lost."""
     hang_seconds: float = Field(default=30.0, ge=0)
     """Seconds a held-back answer waits before it is sent."""
+    error_rate: float = Field(default=0.0, ge=0, le=1)
+    """Fraction of submit requests (of those that pass validation) answered with the provider's own
+    server error, as the ``sandbox:upstream_error`` prompt does: nothing started, nothing charged. The
+    retryable failure a client must survive without a prompt made to ask for it."""
+    gateway_rate: float = Field(default=0.0, ge=0, le=1)
+    """Fraction of successful submits whose answer the client gets as a gateway's 502 HTML page instead:
+    the work is started, charged and recorded, only the answer is lost on its way back. Unlike
+    ``timeout_rate`` the client learns at once that something broke, yet not whether it was paid for.
+    Any 2xx submit answer is replaced, qtpixel's ``duplicates_found`` (which started nothing) included."""
     rpm: int | None = Field(default=None, ge=1)
     """Requests per minute per key over a sliding 60 s window; None is unlimited. Past it: 429."""
     credits: int | None = Field(default=None, ge=0)
@@ -57,7 +67,8 @@ class SandboxConfig(BaseModel):
     invalid_key_prefix: str = Field(default="invalid", min_length=1)
     """A key starting with this is refused as an invalid key; any other non-empty key is an account."""
     seed: int | None = None
-    """Seeds the draws of latency, failure and time-out, for runs that repeat exactly."""
+    """Seeds the draws of latency, failure, time-out, server error and gateway page, for runs that
+    repeat exactly."""
 
     def provider(self, name: str) -> ProviderConfig:
         if name in self.providers:
@@ -74,8 +85,9 @@ class SandboxConfig(BaseModel):
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SandboxConfig:
         """Read ``GENQ_SANDBOX_*``; the provider settings apply to every provider.
 
-        ``LATENCY`` (mean seconds), ``JITTER`` (seconds), ``FAILURE_RATE``, ``TIMEOUT_RATE`` (fractions),
-        ``HANG_SECONDS``, ``RPM``, ``CREDITS``, ``IMAGE_SIDE`` (pixels), ``INVALID_KEY_PREFIX``, ``SEED``.
+        ``LATENCY`` (mean seconds), ``JITTER`` (seconds), ``FAILURE_RATE``, ``TIMEOUT_RATE``,
+        ``ERROR_RATE``, ``GATEWAY_RATE`` (fractions), ``HANG_SECONDS``, ``RPM``, ``CREDITS``, ``IMAGE_SIDE``
+        (pixels), ``INVALID_KEY_PREFIX``, ``SEED``.
         """
         env = os.environ if environ is None else environ
         provider_fields: dict[str, tuple[str, Callable[[str], Any]]] = {
@@ -83,6 +95,8 @@ class SandboxConfig(BaseModel):
             "JITTER": ("latency_jitter", float),
             "FAILURE_RATE": ("failure_rate", float),
             "TIMEOUT_RATE": ("timeout_rate", float),
+            "ERROR_RATE": ("error_rate", float),
+            "GATEWAY_RATE": ("gateway_rate", float),
             "HANG_SECONDS": ("hang_seconds", float),
             "RPM": ("rpm", int),
             "CREDITS": ("credits", int),

@@ -20,7 +20,7 @@ from starlette.routing import BaseRoute, Route
 from sandbox.api import ApiError, ProviderApi, json_object, register
 from sandbox.fetch import FetchRefused, fetch_picture
 from sandbox.images import size_for_aspect
-from sandbox.state import UPSTREAM_ERROR_TRIGGER, Account, Phase, Picture, Submission, Task, picture_seed
+from sandbox.state import Account, Phase, Picture, Submission, Task, picture_seed
 
 MODEL_MODES = {
     "gpt-image-2": ("text", "edit"),
@@ -129,7 +129,7 @@ class Gencraft(ProviderApi):
         if body is None:
             raise invalid("Body must be a JSON object")
         generation = Generation.parse(body)
-        if UPSTREAM_ERROR_TRIGGER in generation.prompt:
+        if self.upstream_failed(generation.prompt):
             raise ApiError(500, "upstream_error", "Upstream image service failed: 503 Service Unavailable")
         self.charge(account, generation.count)
         now = time.time()

@@ -38,7 +38,6 @@ from sandbox.api import ApiError, ProviderApi, json_object, register
 from sandbox.images import size_for_aspect
 from sandbox.state import (
     UNSAFE_TRIGGER,
-    UPSTREAM_ERROR_TRIGGER,
     Account,
     Phase,
     Picture,
@@ -160,7 +159,7 @@ class Girlgenerator(ProviderApi):
 
     async def generate(self, request: Request, account: Account) -> Response:
         generation = Generation.parse(await json_object(request))
-        if UPSTREAM_ERROR_TRIGGER in generation.prompt:
+        if self.upstream_failed(generation.prompt):
             raise ApiError(500, "internal_error", "Internal server error, please try again later")
         self.charge(account, generation.credits)
         task_id = secrets.token_hex(8)

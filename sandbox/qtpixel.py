@@ -33,7 +33,6 @@ from sandbox.api import ApiError, ProviderApi, json_object, register
 from sandbox.images import draw, encode
 from sandbox.state import (
     UNSAFE_TRIGGER,
-    UPSTREAM_ERROR_TRIGGER,
     Account,
     Phase,
     Picture,
@@ -197,7 +196,7 @@ class Qtpixel(ProviderApi):
 
     def _start(self, account: Account, generation: Generation, batch_id: int | None) -> list[int]:
         """Charge for and start the generation's tasks, record the submission; the new task ids."""
-        if UPSTREAM_ERROR_TRIGGER in generation.prompt:
+        if self.upstream_failed(generation.prompt):
             raise ApiError(500, SERVER_ERROR, "upstream image model failed: 503 Service Unavailable")
         self.charge(account, generation.count)
         first = 1 + sum(len(s.task_ids) for s in self._submissions())
@@ -218,7 +217,7 @@ class Qtpixel(ProviderApi):
         self.world.record_submission(
             Submission(
                 submission_id, self.name, account.key, generation.prompt, generation.params(),
-                tuple(f"{TASK_KEY}{t}" for t in task_ids), time.time(),
+                tuple(f"{TASK_KEY}{t}" for t in task_ids), time.time(), client_task_ids=tuple(task_ids),
             )
         )  # fmt: skip
         return task_ids

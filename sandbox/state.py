@@ -10,14 +10,16 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
 from sandbox.config import ProviderConfig, SandboxConfig
 from sandbox.ratelimit import SlidingWindow
-from sandbox.stats import Stats, key_id
+from sandbox.stats import Stats, SubmissionRecord, key_id
 
 FAIL_TRIGGER = "sandbox:fail"
 """A prompt containing this makes every task it starts end failed."""
@@ -116,7 +118,28 @@ class Submission:
     prompt: str
     params: Mapping[str, Any]
     task_ids: tuple[str, ...]
+    """The world's ids of the tasks it started."""
     created_at: float
+    client_task_ids: tuple[str | int, ...] = ()
+    """The task ids as the client reads them in the answer, where they differ from ``task_ids``
+    (qtpixel's bare integers); empty means the same."""
+
+
+_recorded_here: ContextVar[list[SubmissionRecord] | None] = ContextVar("recorded_here", default=None)
+"""The stats records of the submissions the current request made, while ``recording_submissions`` collects them."""
+
+
+@contextmanager
+def recording_submissions() -> Iterator[list[SubmissionRecord]]:
+    """Collect the stats records of the submissions made inside, by this request alone: uvicorn serves
+    each request in its own asyncio task, and a context variable set in one task is unseen by the others,
+    so concurrent submits (talecraft's wait while its picture is drawn) never take each other's."""
+    collected: list[SubmissionRecord] = []
+    token = _recorded_here.set(collected)
+    try:
+        yield collected
+    finally:
+        _recorded_here.reset(token)
 
 
 @dataclass
@@ -186,6 +209,19 @@ class World:
         config = self.provider_config(provider)
         return config.hang_seconds if self.rng.random() < config.timeout_rate else 0.0
 
+    def server_error(self, provider: str) -> bool:
+        """Whether this submit answers the provider's server error instead, at ``error_rate``."""
+        return self._chance(self.provider_config(provider).error_rate)
+
+    def gateway_lost(self, provider: str) -> bool:
+        """Whether this successful submit's answer is lost at the gateway, at ``gateway_rate``."""
+        return self._chance(self.provider_config(provider).gateway_rate)
+
+    def _chance(self, rate: float) -> bool:
+        """True at ``rate``; at 0 nothing is drawn, so a seeded run that sets no such rate draws the
+        same latencies and failures as before the rate existed."""
+        return rate > 0 and self.rng.random() < rate
+
     def start_task(
         self,
         task_id: str,
@@ -210,10 +246,16 @@ class World:
         return task
 
     def record_submission(self, submission: Submission) -> None:
+        """The one place a submit that started work is recorded: in the provider's history and in the
+        stats, where the request being answered (``recording_submissions``) can mark how its answer went."""
         self.submissions.append(submission)
-        self.stats.submission(
-            submission.created_at, submission.key, submission.provider, submission.prompt, submission.params
-        )
+        record = self.stats.submission(
+            submission.created_at, submission.key, submission.provider, submission.prompt, submission.params,
+            submission.client_task_ids or submission.task_ids,
+        )  # fmt: skip
+        collected = _recorded_here.get()
+        if collected is not None:
+            collected.append(record)
 
     def task(self, account: Account, task_id: str) -> Task | None:
         """The task, if it exists at this provider and belongs to this key (another key's is not found)."""

@@ -1,8 +1,10 @@
-"""What the sandbox saw: every request, and every submit that repeated an earlier one.
+"""What the sandbox saw: every request, every submit that started work, and every one that repeated.
 
 Tests and benchmarks judge a client by this record, the way a provider's bill would: how many
-requests each key sent of each kind, how many were turned away for the rate limit, and how many
-paid submits were sent twice. Keys appear only as ``key_id`` (a short hash), never in the clear.
+requests each key sent of each kind, how many were turned away for the rate limit, how many paid
+submits were sent twice, and which paid submits' answers never reached the client as sent (a
+gateway's 502 page in their place, or held back past any time-out). Keys appear only as ``key_id``
+(a short hash), never in the clear.
 """
 
 from __future__ import annotations
@@ -11,11 +13,15 @@ import hashlib
 import json
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Kind = Literal["submit", "poll", "poll_many", "upload", "history", "status", "download"]
+Answer = Literal["normal", "gateway", "held_back"]
+"""How a paid submit's answer went: sent as the provider wrote it; replaced by a gateway's 502 page
+(``gateway_rate``); or held back ``hang_seconds`` (``timeout_rate``), whatever it was, a 502 page
+included, since a client most likely gave up first."""
 
 
 def key_id(key: str) -> str:
@@ -51,24 +57,51 @@ class RepeatedSubmission:
     """How many times this key has now sent this prompt with these parameters (2 for the first repeat)."""
 
 
+@dataclass
+class SubmissionRecord:
+    """One submit that started (paid) work, and whether the client saw its answer."""
+
+    t: float
+    key_id: str
+    provider: str
+    prompt: str
+    task_ids: list[str | int]
+    """As the client reads them in the answer: gencraft's ``task_ids``, girlgenerator's ``task_id``,
+    qtpixel's integer ids (one, or a batch's), cloudsway's ``taskId``, talecraft's ``data.id``."""
+    answer: Answer = "normal"
+    """Set by the frame once the answer is decided, after the provider recorded the submission."""
+
+
 class Stats:
     def __init__(self) -> None:
         self.requests: list[RequestRecord] = []
         self.repeats: list[RepeatedSubmission] = []
-        self._submissions: Counter[tuple[str, str, str]] = Counter()
+        self.submissions: list[SubmissionRecord] = []
+        self._fingerprints: Counter[tuple[str, str, str]] = Counter()
 
     def record(self, t: float, key: str | None, provider: str, kind: Kind, status: int) -> None:
         self.requests.append(RequestRecord(t, None if key is None else key_id(key), provider, kind, status))
 
-    def submission(self, t: float, key: str, provider: str, prompt: str, params: Mapping[str, Any]) -> None:
-        """Note a submit that started work; the same key, prompt and parameters seen before is a repeat."""
+    def submission(
+        self, t: float, key: str, provider: str, prompt: str, params: Mapping[str, Any], task_ids: Sequence[str | int]
+    ) -> SubmissionRecord:
+        """Note a submit that started work; the same key, prompt and parameters seen before is a repeat.
+        The record is returned so the frame can mark how its answer went."""
         fingerprint = json.dumps({"prompt": prompt, **params}, sort_keys=True, default=str)
         identity = (provider, key_id(key), fingerprint)
-        self._submissions[identity] += 1
-        if self._submissions[identity] > 1:
-            self.repeats.append(RepeatedSubmission(t, key_id(key), provider, prompt, self._submissions[identity]))
+        self._fingerprints[identity] += 1
+        if self._fingerprints[identity] > 1:
+            self.repeats.append(RepeatedSubmission(t, key_id(key), provider, prompt, self._fingerprints[identity]))
+        record = SubmissionRecord(t, key_id(key), provider, prompt, list(task_ids))
+        self.submissions.append(record)
+        return record
 
     def as_json(self) -> dict[str, Any]:
+        """The record as ``GET /_sandbox/stats`` answers it: ``requests`` (each with the status the client
+        saw, 502 for a gateway page), counts ``by_key`` and ``by_kind``, ``rate_limited``,
+        ``repeated_submissions``; ``submissions``, every submit that started work with its task ids and
+        ``answer``; and ``answers``, how many of those went each way (``normal``, ``gateway``,
+        ``held_back``): the paid submits a client could not have known about are the last two."""
         by_key: dict[str, Counter[str]] = {}
         for r in self.requests:
             if r.key_id is not None:
@@ -79,4 +112,6 @@ class Stats:
             "by_kind": dict(Counter(r.kind for r in self.requests)),
             "rate_limited": sum(1 for r in self.requests if r.status == 429),
             "repeated_submissions": {"count": len(self.repeats), "items": [asdict(r) for r in self.repeats]},
+            "submissions": [asdict(s) for s in self.submissions],
+            "answers": {answer: sum(1 for s in self.submissions if s.answer == answer) for answer in get_args(Answer)},
         }

@@ -103,6 +103,10 @@ class Talecraft(ProviderApi):
         if UPSTREAM_ERROR_TRIGGER in generation.prompt:
             # The seed documents no server error of its own; a plain 500 is our choice.
             raise ApiError(500, "internal_error", "Internal server error")
+        if self.world.server_error(self.name):
+            # At ``error_rate`` the seed's own words for a failure a retry can cure, in the status a
+            # failed generation gets here: what a client classifying by message must expect.
+            raise ApiError(500, "generation_failed", GENERATION_FAILED)
         self.charge(account, 1)
         task_id = str(uuid.uuid4())
         params = {"style": generation.style, "aspect_ratio": generation.aspect_ratio}

@@ -186,9 +186,11 @@ def test_a_429_is_rate_limited_with_the_wait_it_names(recipe: Recipe, adapter: P
     assert 0 < limited.value.retry_after <= 60
 
 
-def test_a_server_error_is_transient(recipe: Recipe, adapter: Provider):
-    with pytest.raises(Transient):
+def test_a_documented_server_error_is_transient_and_any_other_is_a_lost_answer(recipe: Recipe, adapter: Provider):
+    outcome = Transient if recipe.documents_server_errors else AnswerLost
+    with pytest.raises(outcome) as raised:
         adapter.submit(with_prompt(recipe.ok, f"a cat {UPSTREAM_ERROR_TRIGGER}"))
+    assert type(raised.value) is outcome
 
 
 def test_a_submit_whose_answer_never_comes_is_answer_lost(recipe: Recipe, sandbox_server):

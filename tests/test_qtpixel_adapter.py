@@ -275,7 +275,7 @@ def test_the_submit_body_forces_and_mails_nobody_unless_the_options_say():
         (httpx.Response(200, text="<html>ok</html>"), AnswerLost),
         (httpx.Response(200, json={"status": "pending"}), AnswerLost),
         (httpx.Response(504, text="<html>gateway time-out</html>"), AnswerLost),
-        (httpx.Response(502, text="<html>bad gateway</html>"), Transient),
+        (httpx.Response(502, text="<html>bad gateway</html>"), AnswerLost),
         (httpx.Response(500, json={"error": "服务器错误 - 内部错误"}), Transient),
         (httpx.Response(404, json={"error": "未找到 - 资源不存在"}), InvalidRequest),
     ],

@@ -20,6 +20,7 @@ ROUTES = {
     "genq.submit": {"queue": "submit"},
     "genq.poll": {"queue": "poll"},
     "genq.collect": {"queue": "collect"},
+    "genq.settle": {"queue": "poll"},
 }
 MAX_COUNTDOWN = 60.0
 """Seconds; the longest a message may be held back by the broker."""

@@ -15,13 +15,15 @@ from dataclasses import dataclass
 
 import httpx
 from PIL import Image, UnidentifiedImageError
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
 from jobs.lifecycle import JobState, move
-from jobs.models import Asset, Batch, Job, ProviderTask
+from jobs.models import Asset, Batch, Job, ProviderTask, utcnow
 from jobs.storage import batch_folder
+from workers.liveness import holder_id
 from workers.runtime import Runtime
 
 
@@ -59,6 +61,13 @@ def collect_job(runtime: Runtime, job_id: int) -> bool:
         )
         done = set(session.exec(select(Asset.index).where(col(Asset.job_id) == job_id)).all())
     assert batch is not None
+    with session_scope(runtime.engine) as session:
+        # Named as its holder, so the reconciler takes it again at once should this process die.
+        session.execute(
+            update(Job)
+            .where(col(Job.id) == job_id, col(Job.state) == JobState.COLLECTING.value)
+            .values(holder=holder_id(), updated_at=utcnow())
+        )
     urls = [image["url"] for task in tasks for image in task.images]
     for index, url in enumerate(urls):
         if index in done:
@@ -68,7 +77,7 @@ def collect_job(runtime: Runtime, job_id: int) -> bool:
         runtime.storage.put(key, picture.data)
         _record(runtime, job_id, index, key, picture)
     with session_scope(runtime.engine) as session:
-        return move(session, job_id, JobState.COLLECTING, JobState.SUCCEEDED, error=None)
+        return move(session, job_id, JobState.COLLECTING, JobState.SUCCEEDED, error=None, holder=None)
 
 
 def fail_collect(runtime: Runtime, job_id: int, reason: str) -> None:

@@ -4,7 +4,9 @@ Pending work waits in the database, not in the broker: a round claims only what 
 send in the next moments (its in-flight room and what its rate limit allows right now), marks those
 jobs ``queued`` with the account chosen, and returns them for a submit message each. Two dispatchers
 at once cannot claim one job twice: the claim is a compare-and-set on ``pending`` (and on PostgreSQL
-the candidates are locked with SKIP LOCKED, so they do not even contend).
+the candidates are locked with SKIP LOCKED, so they do not even contend). Nor can they both fill one
+account's room: an account is admitted to by one dispatcher at a time (a lease in Redis), which
+counts its places again once it holds the lease.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from sqlmodel import Session, col, select
 
 from jobs.accounts import Account
 from jobs.db import is_sqlite, session_scope
-from jobs.lifecycle import IN_FLIGHT, JobState
+from jobs.lifecycle import IN_FLIGHT, BatchState, JobState, TaskState
 from jobs.models import Batch, Job, ProviderTask, utcnow
 from workers.providers import ADAPTERS
+from workers.providers.base import Provider
 from workers.runtime import Runtime
 
 
@@ -34,23 +37,32 @@ def dispatch(runtime: Runtime) -> list[int]:
     in-flight place and a link that may expire, while a job waiting to be sent costs nothing yet.
     """
     held = held_places(runtime.engine)
-    horizon = utcnow() + timedelta(seconds=2 * runtime.settings.dispatch_interval)
     queued: list[int] = []
     for account in runtime.accounts.values():
         adapter = ADAPTERS.get(account.provider)
-        if adapter is None:
+        if adapter is None or account.max_in_flight - sum(held.get(account.name, {}).values()) <= 0:
             continue
-        by_batch = held.get(account.name, {})
-        room = account.max_in_flight - sum(by_batch.values())
-        if room <= 0:
-            continue
-        allowance = runtime.limiter.available(account.name, account.rpm, within=runtime.settings.dispatch_interval)
-        if adapter.polls_count_against_limit and allowance > 0:
-            allowance -= math.ceil(polls_due(runtime.engine, account.name, horizon) / adapter.batch_poll_size)
-        room = min(room, allowance)
-        if room > 0:
-            queued += claim(runtime.engine, account, room, by_batch)
+        with runtime.limiter.admission(account.name) as admitting:
+            if admitting:
+                queued += _admit(runtime, account, adapter)
     return queued
+
+
+def _admit(runtime: Runtime, account: Account, adapter: type[Provider]) -> list[int]:
+    """One account's share of a round, while this dispatcher alone admits to it: the places its
+    batches hold are read again under that lease, so two rounds at once cannot both fill them."""
+    by_batch = held_places(runtime.engine, account.name).get(account.name, {})
+    room = account.max_in_flight - sum(by_batch.values())
+    if room <= 0:
+        return []
+    allowance = runtime.limiter.available(account.name, account.rpm, within=runtime.settings.dispatch_interval)
+    if adapter.polls_count_against_limit and allowance > 0:
+        horizon = utcnow() + timedelta(seconds=2 * runtime.settings.dispatch_interval)
+        allowance -= math.ceil(polls_due(runtime.engine, account.name, horizon) / adapter.batch_poll_size)
+    room = min(room, allowance)
+    if room <= 0:
+        return []
+    return claim(runtime.engine, account, room, by_batch, queued_lease=runtime.settings.queued_lease)
 
 
 def polls_due(engine: Engine, account: str, by: datetime) -> int:
@@ -60,19 +72,20 @@ def polls_due(engine: Engine, account: str, by: datetime) -> int:
             select(func.count())
             .select_from(ProviderTask)
             .where(
-                col(ProviderTask.state) == "running",
+                col(ProviderTask.state) == TaskState.RUNNING.value,
                 col(ProviderTask.account) == account,
                 col(ProviderTask.next_poll_at) <= by,
             )
         ).one()
 
 
-def held_places(engine: Engine) -> dict[str, dict[int, int]]:
-    """The in-flight places of each account's cap, by the batch holding them: one query a round."""
+def held_places(engine: Engine, account: str | None = None) -> dict[str, dict[int, int]]:
+    """The in-flight places of each account's cap (or of one), by the batch holding them."""
+    which = col(Job.account).is_not(None) if account is None else col(Job.account) == account
     with session_scope(engine) as session:
         rows = session.exec(
             select(Job.account, Job.batch_id, func.count())
-            .where(col(Job.state).in_([state.value for state in IN_FLIGHT]), col(Job.account).is_not(None))
+            .where(col(Job.state).in_([state.value for state in IN_FLIGHT]), which)
             .group_by(col(Job.account), col(Job.batch_id))
         ).all()
     held: dict[str, dict[int, int]] = {}
@@ -87,7 +100,9 @@ def in_flight(engine: Engine) -> dict[str, int]:
     return {account: sum(by_batch.values()) for account, by_batch in held_places(engine).items()}
 
 
-def claim(engine: Engine, account: Account, limit: int, held: Mapping[int, int]) -> list[int]:
+def claim(
+    engine: Engine, account: Account, limit: int, held: Mapping[int, int], *, queued_lease: float = 30.0
+) -> list[int]:
     """Move up to ``limit`` pending jobs this account can serve to ``queued``; ``held``: the places
     of its cap each batch holds now.
 
@@ -101,7 +116,7 @@ def claim(engine: Engine, account: Account, limit: int, held: Mapping[int, int])
     with session_scope(engine) as session:
         batches = session.exec(
             select(Batch.id, Batch.priority)
-            .where(col(Batch.state) == "running")
+            .where(col(Batch.state) == BatchState.RUNNING.value)
             .order_by(col(Batch.priority).desc(), col(Batch.id))
         ).all()
         chosen: list[int] = []
@@ -115,10 +130,12 @@ def claim(engine: Engine, account: Account, limit: int, held: Mapping[int, int])
                 break
         if not chosen:
             return []
+        now = utcnow()
+        lease = now + timedelta(seconds=queued_lease)
         moved = session.execute(
             update(Job)
             .where(col(Job.id).in_(chosen), col(Job.state) == JobState.PENDING.value)
-            .values(state=JobState.QUEUED.value, account=account.name, updated_at=utcnow())
+            .values(state=JobState.QUEUED.value, account=account.name, updated_at=now, lease_until=lease)
             .returning(col(Job.id))
         )
         claimed = {row[0] for row in moved}

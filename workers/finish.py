@@ -15,7 +15,7 @@ from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
-from jobs.lifecycle import FINAL, JobState
+from jobs.lifecycle import FINAL, BatchState, JobState
 from jobs.models import Asset, Batch, Job, utcnow
 from jobs.storage import batch_folder
 from workers.runtime import Runtime
@@ -32,7 +32,7 @@ def job_ended(runtime: Runtime, job_id: int) -> None:
 def finish_batch_if_done(runtime: Runtime, batch_id: int) -> bool:
     with Session(runtime.engine) as session:
         batch = session.get(Batch, batch_id)
-        if batch is None or batch.state != "running":
+        if batch is None or batch.state != BatchState.RUNNING:
             return False
         counts = dict(
             session.exec(
@@ -41,13 +41,13 @@ def finish_batch_if_done(runtime: Runtime, batch_id: int) -> bool:
         )
     if any(state not in FINAL for state in counts):
         return False
-    state = "succeeded" if set(counts) <= {JobState.SUCCEEDED.value} else "failed"
+    state = BatchState.SUCCEEDED if set(counts) <= {JobState.SUCCEEDED.value} else BatchState.FAILED
     manifest_key = write_manifest(runtime, batch)
     with session_scope(runtime.engine) as session:
         moved = session.execute(
             update(Batch)
-            .where(col(Batch.id) == batch_id, col(Batch.state) == "running")
-            .values(state=state, finished_at=utcnow(), manifest_key=manifest_key)
+            .where(col(Batch.id) == batch_id, col(Batch.state) == BatchState.RUNNING.value)
+            .values(state=state.value, finished_at=utcnow(), manifest_key=manifest_key)
         )
         return bool(moved.rowcount == 1)  # type: ignore[attr-defined]
 

@@ -28,3 +28,13 @@ def first_poll() -> str:
 def completions(field: str) -> str:
     """A list of the latest finished tasks' completion times (seconds) of one ``provider:model``."""
     return f"{PREFIX}:timing:completions:{field}"
+
+
+def heartbeat(holder: str) -> str:
+    """Present while the worker process ``holder`` is alive; its TTL is a heartbeat's life."""
+    return f"{PREFIX}:alive:{holder}"
+
+
+def admission(account: str) -> str:
+    """Held by the one dispatcher admitting jobs to this account now; its TTL bounds a crashed round."""
+    return f"{PREFIX}:admit:{account}"

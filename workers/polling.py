@@ -2,10 +2,16 @@
 
 The sweeper leases the due tasks (pushes their next poll a lease ahead) before sending them, so a
 second sweep does not send them twice while their poll is on its way. Polls back off with jitter from
-``first_poll_delay`` to ``max_poll_interval``; a task past ``max_task_age`` fails with that reason.
-A poll that finds its key's allowance spent is sent again for the moment a request frees, its lease
-lengthened to cover the wait: the next sweep would come up to a sweep interval after that moment,
-and a request no one takes when it frees is lost to the key's minute.
+``first_poll_delay`` to ``max_poll_interval``. A poll that finds its key's allowance spent is sent
+again for the moment a request frees, its lease lengthened to cover the wait: the next sweep would
+come up to a sweep interval after that moment, and a request no one takes when it frees is lost to
+the key's minute.
+
+Polls end. A failed poll's next step comes from ``POLL_STEP``, keyed by the error's class: a refused
+key takes the account out of rotation and its tasks wait for it; an answer that cannot be read is
+asked again ``poll_error_limit`` times; a request the provider will never answer fails the tasks. A
+task the provider says does not exist fails its job, and so does a task past ``max_task_age``, or of
+an account no longer configured, whatever the polls say.
 """
 
 from __future__ import annotations
@@ -15,16 +21,33 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from enum import Enum
 
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
-from jobs.db import session_scope
-from jobs.lifecycle import JobState, move
+from jobs.db import is_sqlite, session_scope
+from jobs.lifecycle import JobState, TaskState, move
 from jobs.models import Job, ProviderTask, utcnow
 from jobs.settings import Settings
 from workers.providers import adapter_class
-from workers.providers.base import Finished, Provider, ProviderError, RateLimited, StillRunning, TaskFailed, TaskStatus
+from workers.providers.base import (
+    AnswerLost,
+    BadCredentials,
+    Finished,
+    InvalidRequest,
+    OutOfCredits,
+    Provider,
+    ProviderError,
+    RateLimited,
+    Refused,
+    StillRunning,
+    TaskFailed,
+    TaskStatus,
+    Transient,
+    Unreadable,
+    decide,
+)
 from workers.runtime import Runtime
 from workers.timing import FOLLOW_UP_SHARE
 
@@ -40,6 +63,36 @@ SWEEP_LIMIT = 2_000
 """The most provider tasks one sweep sends; the next sweep takes the rest."""
 
 
+class PollStep(Enum):
+    WAIT = "wait"
+    """The key is rate limited: the account pauses for the fleet, the tasks are asked after the pause."""
+    ROTATE = "rotate"
+    """The key is refused: the account leaves rotation, its tasks wait for it (up to their age)."""
+    RETRY = "retry"
+    """Ask again by the usual backoff, until the task's age runs out."""
+    RETRY_FEW = "retry a few times"
+    """Ask again, but only ``poll_error_limit`` times in a row."""
+    FAIL = "fail"
+    """The provider will never answer this poll: the tasks fail with its reason."""
+
+
+POLL_STEP: dict[type[ProviderError], PollStep] = {
+    ProviderError: PollStep.RETRY,
+    RateLimited: PollStep.WAIT,
+    BadCredentials: PollStep.ROTATE,
+    OutOfCredits: PollStep.ROTATE,
+    Transient: PollStep.RETRY,
+    Unreadable: PollStep.RETRY_FEW,
+    AnswerLost: PollStep.RETRY,
+    InvalidRequest: PollStep.FAIL,
+    Refused: PollStep.FAIL,
+}
+
+
+def poll_step(error: ProviderError) -> PollStep:
+    return decide(POLL_STEP, error)
+
+
 def due_polls(runtime: Runtime) -> list[list[int]]:
     """Lease the provider tasks that are due and group them into poll requests, per account and
     the provider's ``poll_group``."""
@@ -47,7 +100,7 @@ def due_polls(runtime: Runtime) -> list[list[int]]:
     with session_scope(runtime.engine) as session:
         due = session.exec(
             select(ProviderTask.id, ProviderTask.remote_id, ProviderTask.account, ProviderTask.provider)
-            .where(col(ProviderTask.state) == "running", col(ProviderTask.next_poll_at) <= now)
+            .where(col(ProviderTask.state) == TaskState.RUNNING.value, col(ProviderTask.next_poll_at) <= now)
             .order_by(col(ProviderTask.next_poll_at))
             .limit(SWEEP_LIMIT)
         ).all()
@@ -89,20 +142,32 @@ def poll_tasks(runtime: Runtime, task_ids: Sequence[int]) -> PollResult:
     with Session(runtime.engine) as session:
         tasks = list(
             session.exec(
-                select(ProviderTask).where(col(ProviderTask.id).in_(task_ids), col(ProviderTask.state) == "running")
+                select(ProviderTask).where(
+                    col(ProviderTask.id).in_(task_ids), col(ProviderTask.state) == TaskState.RUNNING.value
+                )
             ).all()
         )
+    result = PollResult()
     if not tasks:
-        return PollResult()
+        return result
     account = runtime.accounts.get(tasks[0].account)
     if account is None:
-        return PollResult()
+        for task in tasks:
+            end_task(runtime, task, TaskFailed(f"account {task.account} is no longer in the accounts file"), result)
+        return result
+    now = utcnow()
+    for task in [task for task in tasks if (now - task.submitted_at).total_seconds() > runtime.settings.max_task_age]:
+        age = (now - task.submitted_at).total_seconds()
+        end_task(runtime, task, TaskFailed(f"still running after {age:.0f} s; given up"), result)
+        tasks.remove(task)
+    if not tasks:
+        return result
     provider = runtime.provider(account.name)
     if provider.polls_count_against_limit:
         wait = runtime.limiter.acquire(account.name, account.rpm)
         if wait > 0:
             return _wait_for_allowance(runtime, tasks, wait)
-    return _poll(runtime, account.name, provider, tasks)
+    return _poll(runtime, account.name, provider, tasks, result)
 
 
 def _wait_for_allowance(runtime: Runtime, tasks: Sequence[ProviderTask], wait: float) -> PollResult:
@@ -115,16 +180,15 @@ def _wait_for_allowance(runtime: Runtime, tasks: Sequence[ProviderTask], wait: f
     return PollResult(wait=wait)
 
 
-def _poll(runtime: Runtime, account_name: str, provider: Provider, tasks: list[ProviderTask]) -> PollResult:
+def _poll(
+    runtime: Runtime, account_name: str, provider: Provider, tasks: list[ProviderTask], result: PollResult
+) -> PollResult:
     """The request itself, its allowance taken. The jobs' models (which key the learned first-poll
     delay) are read only here: a poll that lost the race for a request costs as little as it can."""
-    result = PollResult()
     try:
         statuses = provider.poll([task.remote_id for task in tasks])
     except ProviderError as error:
-        if isinstance(error, RateLimited):
-            runtime.limiter.pause(account_name, error.retry_after, "rate limited by the provider (429)")
-        _reschedule(runtime, tasks, error.retry_after if isinstance(error, RateLimited) else None)
+        _after_poll_error(runtime, account_name, tasks, error, result)
         return result
     with Session(runtime.engine) as session:
         specs = session.exec(select(Job.id, Job.spec).where(col(Job.id).in_({task.job_id for task in tasks}))).all()
@@ -132,6 +196,32 @@ def _poll(runtime: Runtime, account_name: str, provider: Provider, tasks: list[P
     for task in tasks:
         _record(runtime, task, statuses.get(task.remote_id), result, models.get(task.job_id))
     return result
+
+
+def _after_poll_error(
+    runtime: Runtime, account_name: str, tasks: Sequence[ProviderTask], error: ProviderError, result: PollResult
+) -> None:
+    step = poll_step(error)
+    if step is PollStep.WAIT:
+        assert isinstance(error, RateLimited)
+        runtime.limiter.pause(account_name, error.retry_after, "rate limited by the provider (429)")
+        _reschedule(runtime, tasks, error.retry_after)
+    elif step is PollStep.ROTATE:
+        why = "the provider refused its key" if isinstance(error, BadCredentials) else "the account was refused"
+        runtime.limiter.pause(account_name, runtime.settings.rotation_pause, why, out_of_rotation=True)
+        _reschedule(runtime, tasks, runtime.settings.rotation_pause)
+    elif step is PollStep.FAIL:
+        for task in tasks:
+            end_task(runtime, task, TaskFailed(f"a poll the provider will not answer: {error}"), result)
+    elif step is PollStep.RETRY_FEW:
+        for task in tasks:
+            if task.poll_errors + 1 >= runtime.settings.poll_error_limit:
+                reason = f"{task.poll_errors + 1} polls in a row could not be read: {error}"
+                end_task(runtime, task, TaskFailed(reason), result)
+            else:
+                _reschedule(runtime, [task], None, poll_errors=task.poll_errors + 1)
+    else:
+        _reschedule(runtime, tasks, None)
 
 
 def _record(
@@ -147,23 +237,32 @@ def _record(
             gap = follow_up_gap(runtime.settings, task.polls, first)
         runtime.timing.observe_finished(task.provider, model, elapsed=age, at_first_poll=task.polls == 0, gap=gap)
     if status is None or isinstance(status, StillRunning):
-        if age > runtime.settings.max_task_age:
-            status = TaskFailed(f"still running after {age:.0f} s; given up")
-        else:
-            learned = runtime.timing.first_poll_delay(task.provider, model)
-            # If the fleet learned meanwhile that tasks take longer than this one was given, wait for that.
-            _reschedule(runtime, [task], None, learned, at_least=learned - age)
-            return
+        learned = runtime.timing.first_poll_delay(task.provider, model)
+        # If the fleet learned meanwhile that tasks take longer than this one was given, wait for that.
+        _reschedule(runtime, [task], None, learned, at_least=learned - age)
+        return
+    end_task(runtime, task, status, result)
+
+
+def end_task(runtime: Runtime, task: ProviderTask, status: Finished | TaskFailed, result: PollResult) -> None:
+    """Record a provider task's end and move its job: failed with the first task that failed, or to
+    be collected once its every task succeeded.
+
+    The job's row is locked (on PostgreSQL) before its tasks are read: two polls ending the last two
+    tasks of one job at once would otherwise each see the other still running, and neither move it.
+    """
+    now = utcnow()
+    if isinstance(status, Finished):
+        images = [{"url": image.url} for image in status.images]
+        values = {"state": TaskState.SUCCEEDED.value, "images": images}
+    else:
+        values = {"state": TaskState.FAILED.value, "error": status.reason}
     with session_scope(runtime.engine) as session:
-        if isinstance(status, Finished):
-            images = [{"url": image.url} for image in status.images]
-            values = {"state": "succeeded", "images": images, "finished_at": now, "polls": task.polls + 1}
-        else:
-            values = {"state": "failed", "error": status.reason, "finished_at": now, "polls": task.polls + 1}
+        lock_job(session, task.job_id)
         moved = session.execute(
             update(ProviderTask)
-            .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == "running")
-            .values(**values)
+            .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == TaskState.RUNNING.value)
+            .values(**values, finished_at=now, polls=task.polls + 1, poll_errors=0)
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             return
@@ -174,11 +273,18 @@ def _record(
             return
         unfinished = session.exec(
             select(ProviderTask.id).where(
-                col(ProviderTask.job_id) == task.job_id, col(ProviderTask.state) != "succeeded"
+                col(ProviderTask.job_id) == task.job_id, col(ProviderTask.state) != TaskState.SUCCEEDED.value
             )
         ).first()
         if unfinished is None and move(session, task.job_id, JobState.RUNNING, JobState.COLLECTING):
             result.ready.append(task.job_id)
+
+
+def lock_job(session: Session, job_id: int) -> None:
+    """Hold the job's row until the transaction ends (SELECT ... FOR UPDATE); SQLite has one writer
+    at a time anyway."""
+    if not is_sqlite(session.get_bind()):  # type: ignore[arg-type]
+        session.exec(select(Job.id).where(col(Job.id) == job_id).with_for_update()).first()
 
 
 def _reschedule(
@@ -188,6 +294,7 @@ def _reschedule(
     first: float | None = None,
     *,
     at_least: float = 0.0,
+    poll_errors: int = 0,
 ) -> None:
     """Set the next poll: after ``wait`` seconds when the key must wait (no poll was made), else by
     the follow-up backoff, and not before ``at_least`` seconds."""
@@ -199,8 +306,12 @@ def _reschedule(
             delay = max(delay, at_least)
             session.execute(
                 update(ProviderTask)
-                .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == "running")
-                .values(next_poll_at=now + timedelta(seconds=delay), polls=task.polls + (wait is None))
+                .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == TaskState.RUNNING.value)
+                .values(
+                    next_poll_at=now + timedelta(seconds=delay),
+                    polls=task.polls + (wait is None),
+                    poll_errors=poll_errors,
+                )
             )
 
 

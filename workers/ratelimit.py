@@ -17,6 +17,8 @@ from __future__ import annotations
 import json
 import math
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis
@@ -74,6 +76,15 @@ if left < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[
 return 1
 """
 
+# KEYS: lease. ARGV: token. Deletes the lease only if it is still this holder's.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+ADMISSION_LEASE_MS = 30_000
+"""The longest one dispatcher may hold an account's admission: a round that died holding it frees it."""
+
 # KEYS: log, pause. ARGV: window (ms). Returns {requests in the window, ms of pause left, why}.
 _STANDING = """
 local t = redis.call('TIME')
@@ -117,6 +128,19 @@ class RateLimiter:
         self._peek = client.register_script(_PEEK)
         self._pause = client.register_script(_PAUSE)
         self._standing = client.register_script(_STANDING)
+        self._release = client.register_script(_RELEASE)
+
+    @contextmanager
+    def admission(self, account: str) -> Iterator[bool]:
+        """Hold the account's admission for one round: True when this caller holds it (no other
+        dispatcher is admitting to the account), False when another one does."""
+        token = uuid.uuid4().hex
+        held = bool(self._client.set(keys.admission(account), token, nx=True, px=ADMISSION_LEASE_MS))
+        try:
+            yield held
+        finally:
+            if held:
+                self._release(keys=[keys.admission(account)], args=[token])
 
     def acquire(self, account: str, rpm: int) -> float:
         """Take one request from the account's allowance: 0 when taken, else seconds until one frees."""

@@ -1,8 +1,11 @@
 """Submit: one paid call for one queued job, sent at most once by us.
 
-The rate-limit token is taken right before the call; the job then moves ``queued -> submitting`` with
-a compare-and-set, so a second delivery of the same message finds it moved and sends nothing. What
-happens after a failed call is decided by ``NEXT_STEP``, keyed by the outcome's class.
+The job first moves ``queued -> submitting`` with a compare-and-set, naming its holder (this worker
+process) and a lease as long as the provider's call time-out plus a margin: a second delivery of the
+same message finds it moved and sends nothing, and the reconciler leaves a live call alone until its
+lease runs out (or its holder is known dead). Then the rate-limit token is taken, right before the
+call; a key with no allowance left puts the job back to ``queued`` to be sent again when a request
+frees. What happens after a failed call is decided by ``next_step``, keyed by the outcome's class.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from typing import Any
 from sqlmodel import Session
 
 from jobs.db import session_scope, upsert_insert
-from jobs.lifecycle import JobState, move
-from jobs.models import AccountBalance, Job, ProviderTask, utcnow
+from jobs.lifecycle import JobState, TaskState, move
+from jobs.models import AccountBalance, Job, JobEvent, ProviderTask, utcnow
 from jobs.spec import JobSpec
+from workers.liveness import holder_id
 from workers.providers.base import (
     AnswerLost,
     BadCredentials,
@@ -30,6 +34,7 @@ from workers.providers.base import (
     Started,
     Submitted,
     Transient,
+    decide,
 )
 from workers.runtime import Runtime
 
@@ -48,6 +53,7 @@ class NextStep(Enum):
 
 
 NEXT_STEP: dict[type[ProviderError], NextStep] = {
+    ProviderError: NextStep.FAIL,
     RateLimited: NextStep.WAIT,
     Transient: NextStep.RETRY,
     AnswerLost: NextStep.UNCERTAIN,
@@ -61,6 +67,10 @@ ROTATION_REASONS: dict[type[ProviderError], str] = {
     BadCredentials: "the provider refused its key",
     OutOfCredits: "out of credits",
 }
+
+
+def next_step(error: ProviderError) -> NextStep:
+    return decide(NEXT_STEP, error)
 
 
 @dataclass(frozen=True)
@@ -84,27 +94,48 @@ def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
         with session_scope(runtime.engine) as session:
             move(session, job_id, JobState.QUEUED, JobState.PENDING, account=job.pinned_account)
         return AfterSubmit()
+    provider = runtime.provider(account.name)
+    now = utcnow()
+    lease = now + timedelta(seconds=provider.submit_timeout() + runtime.settings.lease_margin)
+    with session_scope(runtime.engine) as session:
+        # ``sent_at`` is written now, a Redis call before the request leaves, not in a write of its own.
+        claimed = move(
+            session, job_id, JobState.QUEUED, JobState.SUBMITTING, holder=holder_id(), lease_until=lease, sent_at=now
+        )
+    if not claimed:
+        return AfterSubmit()
 
     wait = runtime.limiter.acquire(account.name, account.rpm)
     if wait > 0:
-        if runtime.limiter.standing(account.name).out_of_rotation:
-            with session_scope(runtime.engine) as session:
-                move(session, job_id, JobState.QUEUED, JobState.PENDING, account=job.pinned_account)
-            return AfterSubmit()
-        return AfterSubmit(wait=wait)
-    with session_scope(runtime.engine) as session:
-        if not move(session, job_id, JobState.QUEUED, JobState.SUBMITTING):
-            return AfterSubmit()
-
+        return _not_now(runtime, job, wait)
     try:
-        submitted = runtime.provider(account.name).submit(JobSpec.model_validate(job.spec))
+        submitted = provider.submit(JobSpec.model_validate(job.spec))
     except ProviderError as error:
         return AfterSubmit(wait=_after_error(runtime, job, error))
-    return AfterSubmit(collect=_record_submitted(runtime, job, submitted))
+    return AfterSubmit(collect=record_submitted(runtime, job, submitted))
 
 
-def _record_submitted(runtime: Runtime, job: Job, submitted: Submitted) -> bool:
-    """Record the provider tasks a submit started; True when they are finished already."""
+def _not_now(runtime: Runtime, job: Job, wait: float) -> AfterSubmit:
+    """The key has no request to spare: back to queued, leased for the wait, or back to pending for
+    another account when this one is out of rotation."""
+    assert job.id is not None
+    with session_scope(runtime.engine) as session:
+        if runtime.limiter.standing(job.account or "").out_of_rotation:
+            move(session, job.id, JobState.SUBMITTING, JobState.PENDING, account=job.pinned_account, holder=None)
+            return AfterSubmit()
+        lease = utcnow() + timedelta(seconds=wait + runtime.settings.queued_lease)
+        move(session, job.id, JobState.SUBMITTING, JobState.QUEUED, holder=None, lease_until=lease)
+    return AfterSubmit(wait=wait)
+
+
+def record_submitted(
+    runtime: Runtime, job: Job, submitted: Submitted, *, source: JobState = JobState.SUBMITTING
+) -> bool:
+    """Record the provider tasks a submit started; True when they are finished already.
+
+    An answer that comes after its job was taken for lost (its lease ran out) is still the job's: it
+    is taken from ``uncertain`` too, as long as nothing else settled the job meanwhile.
+    """
     assert job.id is not None and job.account is not None
     now = utcnow()
     model = job.spec.get("model")
@@ -112,15 +143,23 @@ def _record_submitted(runtime: Runtime, job: Job, submitted: Submitted) -> bool:
     if isinstance(submitted, Finished):
         target = JobState.COLLECTING
         images = [{"url": image.url} for image in submitted.images]
-        tasks = [_task(job, now, index=0, remote_id="", state="succeeded", images=images, finished_at=now)]
+        tasks = [
+            _task(job, now, index=0, remote_id="", state=TaskState.SUCCEEDED.value, images=images, finished_at=now)
+        ]
     else:
         target = JobState.RUNNING
         tasks = [
             _task(job, now, index=index, remote_id=remote_id, next_poll_at=first_poll)
             for index, remote_id in enumerate(submitted.task_ids)
         ]
+    done = {"error": None, "holder": None, "lease_until": None}
     with session_scope(runtime.engine) as session:
-        if not move(session, job.id, JobState.SUBMITTING, target, error=None):
+        moved = move(session, job.id, source, target, **done)
+        if not moved and source is JobState.SUBMITTING:
+            moved = move(session, job.id, JobState.UNCERTAIN, target, **done)
+            if moved:
+                session.add(JobEvent(job_id=job.id, event="answer arrived late", detail="taken as the job's after all"))
+        if not moved:
             return False
         session.add_all(tasks)
     if isinstance(submitted, Started) and submitted.credits_remaining is not None:
@@ -151,18 +190,19 @@ def record_balance(session: Session, account: str, provider: str, credits: float
 
 def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | None:
     assert job.id is not None and job.account is not None
-    step = NEXT_STEP[type(error)]
+    step = next_step(error)
     reason = f"{job.account}: {error}"
+    released: dict[str, Any] = {"holder": None, "lease_until": None, "error": reason}
     with session_scope(runtime.engine) as session:
         if step is NextStep.WAIT:
             assert isinstance(error, RateLimited)
             runtime.limiter.pause(job.account, error.retry_after, "rate limited by the provider (429)")
-            move(session, job.id, JobState.SUBMITTING, JobState.QUEUED, error=reason)
+            move(session, job.id, JobState.SUBMITTING, JobState.QUEUED, **released)
             return error.retry_after
         if step is NextStep.ROTATE:
-            why = ROTATION_REASONS[type(error)]
+            why = ROTATION_REASONS.get(type(error), "the account cannot take jobs now")
             runtime.limiter.pause(job.account, runtime.settings.rotation_pause, why, out_of_rotation=True)
-            move(session, job.id, JobState.SUBMITTING, JobState.PENDING, account=job.pinned_account, error=reason)
+            move(session, job.id, JobState.SUBMITTING, JobState.PENDING, account=job.pinned_account, **released)
             return None
         if step is NextStep.RETRY and job.attempts + 1 < runtime.settings.submit_attempts:
             move(
@@ -172,10 +212,12 @@ def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | No
                 JobState.PENDING,
                 account=job.pinned_account,
                 attempts=job.attempts + 1,
-                error=reason,
+                **released,
             )
         elif step is NextStep.UNCERTAIN:
-            move(session, job.id, JobState.SUBMITTING, JobState.UNCERTAIN, error=reason)
+            if move(session, job.id, JobState.SUBMITTING, JobState.UNCERTAIN, lost_answers=job.lost_answers + 1,
+                    **released):  # fmt: skip
+                session.add(JobEvent(job_id=job.id, event="answer lost", detail=reason))
         else:
-            move(session, job.id, JobState.SUBMITTING, JobState.FAILED, attempts=job.attempts + 1, error=reason)
+            move(session, job.id, JobState.SUBMITTING, JobState.FAILED, attempts=job.attempts + 1, **released)
     return None

@@ -16,18 +16,22 @@ from workers.app import MAX_COUNTDOWN, app
 from workers.collect import CollectError, collect_job, fail_collect
 from workers.dispatch import dispatch
 from workers.finish import job_ended
+from workers.liveness import Heartbeat
 from workers.polling import due_polls, poll_tasks
 from workers.reconcile import reconcile
 from workers.runtime import Runtime
+from workers.settle import Settled, settle
 from workers.submission import submit_job
 
 COLLECT_RETRIES = 5
 
 
 class GenqTask(Task):  # type: ignore[misc]
-    """A task with the process's ``Runtime``, built on first use after the fork."""
+    """A task with the process's ``Runtime``, built on first use after the fork, and the process's
+    heartbeat, started with it: a process that holds jobs is one whose death must be seen."""
 
     _runtime: Runtime | None = None
+    _heartbeat: Heartbeat | None = None
     _lock = threading.Lock()
 
     @property
@@ -35,7 +39,9 @@ class GenqTask(Task):  # type: ignore[misc]
         if GenqTask._runtime is None:
             with GenqTask._lock:
                 if GenqTask._runtime is None:
-                    GenqTask._runtime = Runtime()
+                    runtime = Runtime()
+                    GenqTask._heartbeat = Heartbeat(runtime.redis).start()
+                    GenqTask._runtime = runtime
         return GenqTask._runtime
 
 
@@ -107,4 +113,23 @@ def reconcile_task(self: GenqTask, stale_after: float | None = None) -> dict[str
         submit_task.delay(job_id)
     for job_id in found.recollect:
         collect_task.delay(job_id)
-    return {"resubmitted": len(found.resubmit), "recollected": len(found.recollect), "uncertain": len(found.uncertain)}
+    for job_id in found.settle:
+        settle_task.delay(job_id)
+    for job_id in found.failed:
+        job_ended(self.runtime, job_id)
+    return {
+        "resubmitted": len(found.resubmit),
+        "recollected": len(found.recollect),
+        "uncertain": len(found.uncertain),
+        "settling": len(found.settle),
+    }
+
+
+@app.task(name="genq.settle", base=GenqTask, bind=True)
+def settle_task(self: GenqTask, job_id: int) -> str:
+    outcome = settle(self.runtime, job_id)
+    if outcome.collect:
+        collect_task.delay(job_id)
+    elif outcome.settled is Settled.FAILED:
+        job_ended(self.runtime, job_id)
+    return outcome.settled.value

@@ -35,6 +35,9 @@ class Recipe:
     """For a synchronous provider: what a failed generation raises (it has no task to poll)."""
     refuses_content: bool = False
     """Whether the provider refuses unsafe content (the sandbox's ``sandbox:unsafe`` trigger)."""
+    documents_server_errors: bool = True
+    """Whether the provider publishes the body of its own server error, which says nothing started
+    (so it may be sent again); without one, a submit's 5xx may hide a job taken, and is lost."""
 
 
 def recipes() -> list[Recipe]:

@@ -15,4 +15,5 @@ RECIPE = Recipe(
     # One task makes both pictures.
     several=JobSpec(prompt="two fruit baskets", provider="cloudsway", count=2),
     several_images=2,
+    documents_server_errors=False,
 )

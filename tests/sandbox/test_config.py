@@ -18,11 +18,19 @@ def test_the_environment_sets_every_provider_and_the_picture_size():
     assert config.image_long_side == 256
 
 
+def test_the_environment_sets_the_rates_of_server_errors_and_gateway_pages():
+    config = SandboxConfig.from_env({"GENQ_SANDBOX_ERROR_RATE": "0.1", "GENQ_SANDBOX_GATEWAY_RATE": "0.05"})
+
+    assert (config.provider("cloudsway").error_rate, config.provider("talecraft").gateway_rate) == (0.1, 0.05)
+
+
 def test_an_empty_environment_is_a_fast_perfect_farm():
     config = SandboxConfig.from_env({})
 
     assert config == SandboxConfig()
-    assert config.provider("gencraft") == ProviderConfig(latency_mean=0, failure_rate=0, rpm=None, credits=None)
+    assert config.provider("gencraft") == ProviderConfig(
+        latency_mean=0, failure_rate=0, error_rate=0, gateway_rate=0, rpm=None, credits=None
+    )
 
 
 @pytest.mark.parametrize(

@@ -12,18 +12,24 @@ ids to poll) or, for a synchronous provider, ``Finished``; polls answer a status
      ├── InvalidRequest             the provider will never take this request as it is
      ├── Refused                    the content was refused; final
      ├── Transient                  nothing was started; a retry can help
+     │    └── Unreadable            an answer to an unpaid call that cannot be read
      └── AnswerLost                 the request may have been taken and paid for, but no answer came
 
-Foreign errors (httpx's) are translated here, at one boundary, by ``send``.
+Foreign errors (httpx's) are translated here, at one boundary, by ``send``. What a failed answer
+means is decided here too, by ``failed_answer``, one rule for every adapter: only the provider's own
+documented error (its error body, in its documented shape) says nothing was started and may be sent
+again. Anything else after a paid request left (a gateway's 502/503/504 page, a time-out, a cut
+body, an answer that cannot be read) is a lost answer: the provider may have taken the job.
 """
 
 from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from datetime import datetime
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
@@ -62,8 +68,24 @@ class Transient(ProviderError):
     pass
 
 
+class Unreadable(Transient):
+    """An answer to an unpaid call (a poll) that cannot be read: asked again a few times, not forever."""
+
+
 class AnswerLost(ProviderError):
     pass
+
+
+Decision = TypeVar("Decision")
+
+
+def decide(table: Mapping[type[ProviderError], Decision], error: ProviderError) -> Decision:
+    """The entry of ``table`` for the nearest class of ``error`` (a subclass takes its parent's):
+    policies are tables keyed by class, never matched by message."""
+    for cls in type(error).__mro__:
+        if cls in table:
+            return table[cls]
+    raise TypeError(f"no decision for {type(error).__name__}")
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,21 @@ class TaskFailed:
     reason: str
     refused: bool = False
     """True when the provider refused the content: a retry would be refused again."""
+
+
+@dataclass(frozen=True)
+class Sighting:
+    """A submit found in the provider's own record (its history, its task list): how a lost answer
+    is settled without paying again."""
+
+    remote_id: str
+    """The provider's id of the submission (a history id, a batch, a task)."""
+    task_ids: tuple[str, ...] = ()
+    """The tasks to poll, where the record names them."""
+    images: tuple[Image, ...] = ()
+    """The pictures made so far, where the record names no tasks."""
+    complete: bool = False
+    """Whether ``images`` holds every picture the submission will make."""
 
 
 TaskStatus = Finished | StillRunning | TaskFailed
@@ -139,6 +176,8 @@ class Provider(ABC):
     """How long a picture takes, before genq has learned it (``genq plan`` uses it)."""
     synchronous: ClassVar[bool] = False
     """Whether a submit answers only when the picture is done (it then returns ``Finished``)."""
+    keeps_record: ClassVar[bool] = False
+    """Whether the provider lists past submits (``find_submissions``), so a lost answer can be found."""
 
     def __init__(self, client: httpx.Client, account: Account, api_key: str) -> None:
         self.client = client
@@ -164,6 +203,10 @@ class Provider(ABC):
         """
         return "" if cls.batch_poll_size > 1 else task_id
 
+    def submit_timeout(self) -> float:
+        """Seconds a submit may wait for its answer: how long its job's lease must last."""
+        return self.client.timeout.read or 60.0
+
     @abstractmethod
     def submit(self, spec: JobSpec) -> Submitted:
         """Send one generation; raise a ``ProviderError`` when nothing usable came back."""
@@ -171,6 +214,13 @@ class Provider(ABC):
     @abstractmethod
     def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         """The status of up to ``batch_poll_size`` provider tasks of one ``poll_group``, keyed by id."""
+
+    def find_submissions(self, spec: JobSpec, since: datetime, until: datetime) -> list[Sighting]:
+        """Submits of ``spec`` the provider recorded between ``since`` and ``until``, oldest first.
+
+        Only for a provider that ``keeps_record``; the search reads a bounded number of pages.
+        """
+        raise NotImplementedError(f"{self.name} keeps no record of past submits")
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} account={self.account.name}>"
@@ -187,13 +237,66 @@ def send(client: httpx.Client, request: httpx.Request, *, paid: bool) -> httpx.R
         response = client.send(request)
         response.read()
         return response
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as error:
+    except NOT_SENT as error:
         raise Transient(f"could not connect to {request.url.host}: {type(error).__name__}") from None
-    except httpx.TransportError as error:
-        what = f"no answer from {request.url.host} ({type(error).__name__})"
+    except httpx.RequestError as error:
+        what = f"no answer from {request.url.host} ({_LOST_WORDS.get(type(error), type(error).__name__)})"
         if paid:
-            raise AnswerLost(what) from None
+            raise AnswerLost(f"{what}; the request may have been taken") from None
         raise Transient(what) from None
+
+
+NOT_SENT: tuple[type[httpx.RequestError], ...] = (
+    httpx.ConnectError,
+    httpx.ConnectTimeout,
+    httpx.PoolTimeout,
+    httpx.UnsupportedProtocol,
+    httpx.LocalProtocolError,
+    httpx.ProxyError,
+)
+"""httpx errors raised before any byte of the request reached the provider."""
+_LOST_WORDS: dict[type[Exception], str] = {
+    httpx.ReadTimeout: "timed out waiting for the answer",
+    httpx.WriteTimeout: "timed out sending the request",
+    httpx.RemoteProtocolError: "the connection closed mid-answer",
+    httpx.ReadError: "the connection broke mid-answer",
+    httpx.DecodingError: "an answer body that cannot be decoded",
+}
+
+
+def failed_answer(
+    response: httpx.Response, provider: str, documented: ProviderError | None, *, paid: bool
+) -> ProviderError:
+    """What a non-success answer means: the one rule every adapter follows.
+
+    ``documented`` is what the adapter read from a body in the provider's own documented error
+    shape, or None when the body is not in that shape (a gateway's page, an empty body). Only a
+    documented error says what happened; without one, a paid request may have been taken, so the
+    answer is lost (a 429 is the exception: any server in the way that says so has started nothing).
+    """
+    if documented is not None:
+        return documented
+    status = response.status_code
+    if status == 429:
+        return RateLimited(f"{provider} 429: rate limited", retry_after(response))
+    what = f"{provider} {status}: {describe_body(response)}, not the provider's own error"
+    return AnswerLost(f"{what}; the request may have been taken") if paid else Transient(what)
+
+
+def unreadable(response: httpx.Response, provider: str, *, paid: bool) -> ProviderError:
+    """A success whose body cannot be read: lost for a paid call (a task may have started)."""
+    what = f"{provider} {response.status_code}: an answer that cannot be read ({describe_body(response)})"
+    return AnswerLost(what) if paid else Unreadable(what)
+
+
+def describe_body(response: httpx.Response) -> str:
+    """A few words on an answer's body for a reason; never its text, which may echo a key."""
+    kind = response.headers.get("content-type", "").split(";")[0].strip() or "no content type"
+    if not response.content:
+        return f"an empty body ({kind})"
+    if "html" in kind:
+        return f"a gateway page ({kind}, {len(response.content)} bytes)"
+    return f"a {kind} body of {len(response.content)} bytes"
 
 
 def json_body(response: httpx.Response) -> Any:

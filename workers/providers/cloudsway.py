@@ -33,9 +33,11 @@ from workers.providers.base import (
     TaskStatus,
     Transient,
     Unsupported,
+    failed_answer,
     json_body,
     retry_after,
     send,
+    unreadable,
 )
 
 ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "16:9", "9:16")
@@ -109,10 +111,18 @@ def _checked(response: httpx.Response, *, paid: bool) -> Any:
     payload = json_body(response)
     if response.is_success:
         if payload is None:
-            message = f"cloudsway {response.status_code}: an answer that cannot be read"
-            raise AnswerLost(message) if paid else Transient(message)
+            raise unreadable(response, "cloudsway", paid=paid)
         return payload
-    raise _error_for(response, f"cloudsway {response.status_code}: {_message(payload) or 'no error message'}")
+    raise failed_answer(response, "cloudsway", _documented(response, payload), paid=paid)
+
+
+def _documented(response: httpx.Response, payload: Any) -> ProviderError | None:
+    """Cloudsway publishes no error body, only what its statuses mean: a 4xx is the service's refusal
+    of the request as sent; a 5xx, or a body that is not JSON, may come from a gateway after the
+    service took the job, so it says nothing."""
+    if not 400 <= response.status_code < 500 or payload is None:
+        return None
+    return _error_for(response, f"cloudsway {response.status_code}: {_message(payload) or 'no error message'}")
 
 
 def _message(payload: Any) -> str | None:

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
 
 from jobs.spec import JobSpec
 from workers.providers.base import (
-    AnswerLost,
     BadCredentials,
     Cost,
     Finished,
@@ -35,15 +35,19 @@ from workers.providers.base import (
     Provider,
     ProviderError,
     RateLimited,
+    Sighting,
     Started,
     StillRunning,
     TaskFailed,
     TaskStatus,
     Transient,
+    Unreadable,
     Unsupported,
+    failed_answer,
     json_body,
     retry_after,
     send,
+    unreadable,
 )
 
 MODEL_MODES = {
@@ -61,6 +65,10 @@ ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9")
 SIZES = ("1K", "2K", "4K")
 UNSUPPORTED_FIELDS = ("seed", "steps", "style", "background", "sprite")
 """JobSpec fields GenCraft has no parameter for: refused rather than silently dropped."""
+HISTORY_PAGE = 50
+"""History entries a page (the most the API gives)."""
+SEARCH_PAGES = 10
+"""Pages of history a search for a lost submit reads at most: the last 500 submits of the key."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,7 @@ class AccountStatus:
 class Gencraft(Provider):
     name: ClassVar[str] = "gencraft"
     batch_poll_size: ClassVar[int] = 20
+    keeps_record: ClassVar[bool] = True
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:
@@ -141,20 +150,12 @@ class Gencraft(Provider):
         return Cost(requests=1 + len(spec.references), tasks=spec.count, pictures=spec.count, credits=spec.count)
 
     def submit(self, spec: JobSpec) -> Started:
-        body: dict[str, Any] = {"prompt": spec.prompt, "count": spec.count}
-        for field, value in (
-            ("model", spec.model),
-            ("mode", spec.mode or ("edit" if spec.references else None)),
-            ("aspect", spec.aspect),
-            ("imageSize", spec.size),
-        ):
-            if value is not None:
-                body[field] = value
+        body = _body(spec)
         if spec.references:
             body["imageUrls"] = [self.upload(url) for url in spec.references]
         body.update(spec.options)
         response = send(self.client, self._request("POST", "/api/v1/generate", json=body), paid=True)
-        payload = self._check(response)
+        payload = self._check(response, paid=True)
         task_ids = payload.get("task_ids") if isinstance(payload, dict) else None
         if not isinstance(task_ids, list) or not task_ids or not all(isinstance(t, str) for t in task_ids):
             raise self._unreadable(response, paid=True)
@@ -167,7 +168,7 @@ class Gencraft(Provider):
         """
         request = self._request("POST", "/api/v1/upload", json={"source_url": source_url})
         response = send(self.client, request, paid=False)
-        payload = self._check(response)
+        payload = self._check(response, paid=False)
         url = payload.get("url") if isinstance(payload, dict) else None
         if not isinstance(url, str) or not url:
             raise self._unreadable(response, paid=False)
@@ -175,22 +176,39 @@ class Gencraft(Provider):
 
     def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         if len(task_ids) == 1:
-            request = self._request("GET", f"/api/v1/tasks/{task_ids[0]}")
-            payload = self._check(send(self.client, request, paid=False))
-            items: Any = [payload]
+            response = send(self.client, self._request("GET", f"/api/v1/tasks/{task_ids[0]}"), paid=False)
+            if response.status_code == 404 and self._documented(response) is not None:
+                return {task_ids[0]: TaskFailed(f"gencraft: task {task_ids[0]} is not found at the provider")}
+            items: Any = [self._check(response, paid=False)]
         else:
             request = self._request("GET", "/api/v1/tasks", params={"ids": ",".join(task_ids)})
-            payload = self._check(send(self.client, request, paid=False))
+            payload = self._check(send(self.client, request, paid=False), paid=False)
             items = payload.get("tasks") if isinstance(payload, dict) else None
-        if not isinstance(items, list) or len(items) != len(task_ids):
-            raise Transient("gencraft: a poll answer that does not list the tasks asked for")
+        if not isinstance(items, list) or len(items) != len(task_ids) or not all(isinstance(i, dict) for i in items):
+            raise Unreadable("gencraft: a poll answer that does not list the tasks asked for")
         return {task_id: _status(item) for task_id, item in zip(task_ids, items, strict=True)}
+
+    def find_submissions(self, spec: JobSpec, since: datetime, until: datetime) -> list[Sighting]:
+        """The account's history, newest first, read back to ``since``: entries of the same prompt and
+        settings. History names no task ids, only the pictures finished so far."""
+        wanted = _fingerprint(_body(spec) | spec.options)
+        found: list[Sighting] = []
+        for page in range(1, SEARCH_PAGES + 1):
+            history = self.history(page=page, limit=HISTORY_PAGE)
+            for item in history.items:
+                if since.timestamp() <= item.created_at <= until.timestamp() and _fingerprint_of(item) == wanted:
+                    images = tuple(Image(url) for url in item.images)
+                    found.append(Sighting(item.id, images=images, complete=len(images) >= item.image_count))
+            oldest = history.items[-1].created_at if history.items else 0.0
+            if page >= history.total_pages or oldest < since.timestamp():
+                break
+        return found[::-1]
 
     def history(self, page: int = 1, limit: int = 20) -> HistoryPage:
         """One page (1-indexed, ``limit`` at most 50) of the account's submits, newest first."""
         request = self._request("GET", "/api/v1/history", params={"page": page, "limit": limit})
         response = send(self.client, request, paid=False)
-        payload = self._check(response)
+        payload = self._check(response, paid=False)
         try:
             return HistoryPage(
                 items=tuple(_history_item(item) for item in payload["items"]),
@@ -205,7 +223,7 @@ class Gencraft(Provider):
     def user_status(self) -> AccountStatus:
         """The account's email, tier, and whether its upstream key is set."""
         response = send(self.client, self._request("GET", "/api/v1/user/status"), paid=False)
-        payload = self._check(response)
+        payload = self._check(response, paid=False)
         try:
             return AccountStatus(_str(payload["email"]), _str(payload["tier"]), _bool(payload["has_key"]))
         except (KeyError, TypeError, ValueError):
@@ -219,20 +237,56 @@ class Gencraft(Provider):
             **kwargs,
         )
 
-    def _check(self, response: httpx.Response) -> Any:
-        payload = json_body(response)
+    def _check(self, response: httpx.Response, *, paid: bool) -> Any:
+        """The JSON of a success (a success that is not JSON is ``_unreadable``); else the outcome."""
         if response.is_success:
+            payload = json_body(response)
+            if payload is None:
+                raise self._unreadable(response, paid=paid)
             return payload
+        raise failed_answer(response, self.name, self._documented(response), paid=paid)
+
+    def _documented(self, response: httpx.Response) -> ProviderError | None:
+        """The outcome of an error body in GenCraft's shape, ``{"error": {"type", "message"}}``."""
+        payload = json_body(response)
         error = payload.get("error") if isinstance(payload, dict) else None
-        kind = error.get("type", "") if isinstance(error, dict) else ""
-        message = f"gencraft {response.status_code} {kind or 'error'}: " + (
-            str(error.get("message", "")) if isinstance(error, dict) else "no error body"
-        )
-        raise _error_for(response, kind, message)
+        if not isinstance(error, dict) or not isinstance(error.get("type"), str):
+            return None
+        kind = error["type"]
+        return _error_for(response, kind, f"gencraft {response.status_code} {kind}: {error.get('message', '')}")
 
     def _unreadable(self, response: httpx.Response, *, paid: bool) -> ProviderError:
-        message = f"gencraft {response.status_code}: an answer that cannot be read"
-        return AnswerLost(message) if paid else Transient(message)
+        return unreadable(response, self.name, paid=paid)
+
+
+def _body(spec: JobSpec) -> dict[str, Any]:
+    """The generate request's JSON, but for ``imageUrls`` (uploaded first) and the options."""
+    body: dict[str, Any] = {"prompt": spec.prompt, "count": spec.count}
+    for field, value in (
+        ("model", spec.model),
+        ("mode", spec.mode or ("edit" if spec.references else None)),
+        ("aspect", spec.aspect),
+        ("imageSize", spec.size),
+    ):
+        if value is not None:
+            body[field] = value
+    return body
+
+
+def _fingerprint(body: dict[str, Any]) -> tuple[Any, ...]:
+    """What history shows of a request, the documented defaults filled in."""
+    return (
+        body.get("prompt"),
+        body.get("model", DEFAULT_MODEL),
+        body.get("mode", "text"),
+        body.get("aspect", "1:1"),
+        body.get("imageSize", "2K"),
+        body.get("count", 1),
+    )
+
+
+def _fingerprint_of(item: HistoryItem) -> tuple[Any, ...]:
+    return (item.prompt, item.model, item.mode, item.aspect, item.image_size, item.image_count)
 
 
 def _mode(spec: JobSpec) -> str:
@@ -257,9 +311,7 @@ def _error_for(response: httpx.Response, kind: str, message: str) -> ProviderErr
     return Transient(message)
 
 
-def _status(item: Any) -> TaskStatus:
-    if not isinstance(item, dict):
-        return TaskFailed("gencraft: a task entry that cannot be read")
+def _status(item: dict[str, Any]) -> TaskStatus:
     status = item.get("status")
     if status == "completed":
         url = item.get("imageUrl")

@@ -31,9 +31,11 @@ from workers.providers.base import (
     TaskStatus,
     Transient,
     Unsupported,
+    failed_answer,
     json_body,
     retry_after,
     send,
+    unreadable,
 )
 
 TEXT, IMAGE = "text-to-image", "image-to-image"
@@ -106,7 +108,7 @@ class Girlgenerator(Provider):
     def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         [task_id] = task_ids
         response = send(self.client, self._request("GET", f"/api/v1/tasks/{task_id}"), paid=False)
-        if response.status_code == 404:
+        if response.status_code == 404 and _documented(response) is not None:
             # Missing, or another key's: polling again will never find it.
             return {task_id: TaskFailed(_message(response, json_body(response)))}
         return {task_id: _status(_checked(response, paid=False))}
@@ -128,10 +130,18 @@ def _checked(response: httpx.Response, *, paid: bool) -> Any:
     payload = json_body(response)
     if response.is_success:
         if not isinstance(payload, dict):
-            message = f"girlgenerator {response.status_code}: an answer that cannot be read"
-            raise AnswerLost(message) if paid else Transient(message)
+            raise unreadable(response, "girlgenerator", paid=paid)
         return payload
-    raise _error_for(response, _code(payload), _message(response, payload))
+    raise failed_answer(response, "girlgenerator", _documented(response), paid=paid)
+
+
+def _documented(response: httpx.Response) -> ProviderError | None:
+    """The outcome of an error body in the documented shape, ``{"error": {"code", "message"}}``."""
+    payload = json_body(response)
+    error = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(error, dict) or not isinstance(error.get("code"), str):
+        return None
+    return _error_for(response, _code(payload), _message(response, payload))
 
 
 def _code(payload: Any) -> str:

@@ -25,6 +25,7 @@ is taken as ``OutOfCredits``: the account cannot do this now, and should pause.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import httpx
@@ -41,15 +42,19 @@ from workers.providers.base import (
     Provider,
     ProviderError,
     RateLimited,
+    Sighting,
     Started,
     StillRunning,
     TaskFailed,
     TaskStatus,
     Transient,
+    Unreadable,
     Unsupported,
+    failed_answer,
     json_body,
     retry_after,
     send,
+    unreadable,
 )
 
 SPRITE_FRAMES = {"walk": 4, "idle": 2, "attack": 3, "directions": 4}
@@ -64,6 +69,8 @@ UNSUPPORTED_FIELDS = ("model", "mode", "aspect", "size", "references", "seed", "
 REFUSAL = "⚠️ 生成失败: AI 拒绝处理此请求 (可能包含敏感内容)"
 """The seed's content-safety refusal, exactly as a failed task's ``error_msg`` reads."""
 BATCH_PREFIX = "b"
+SEARCH_PAGES = 10
+"""Pages of the task or batch list a search for a lost submit reads at most (20 items a page)."""
 
 
 class Qtpixel(Provider):
@@ -72,6 +79,7 @@ class Qtpixel(Provider):
     """A whole batch (at most 4 tasks) is one request."""
     polls_count_against_limit: ClassVar[bool] = True
     """The limit is not published; counting polls is the safe side, and a sprite polls once for all frames."""
+    keeps_record: ClassVar[bool] = True
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:
@@ -135,6 +143,51 @@ class Qtpixel(Provider):
             raise AnswerLost(f"qtpixel {response.status_code}: a batch-generate answer without its ids")
         return Started(tuple(f"{BATCH_PREFIX}{batch_id}:{task_id}" for task_id in task_ids))
 
+    def find_submissions(self, spec: JobSpec, since: datetime, until: datetime) -> list[Sighting]:
+        """A single task from the task list, a batch from the batch list (then its tasks by one more
+        request), newest first, read back to ``since``; matched by prompt (and mode and count)."""
+        if spec.sprite is None and spec.count == 1:
+            items = self._listed("/api/v1/tasks", "tasks", since)
+            return [
+                Sighting(str(item["id"]), task_ids=(str(item["id"]),))
+                for item in items
+                if item.get("prompt") == spec.prompt and item.get("batch_id") is None and _within(item, since, until)
+            ][::-1]
+        mode = spec.sprite or MANY_MODE
+        count = SPRITE_FRAMES.get(mode, spec.count)
+        batches = [
+            item
+            for item in self._listed("/api/v1/batches", "batches", since)
+            if item.get("prompt") == spec.prompt
+            and item.get("mode") == mode
+            and item.get("requested_count") == count
+            and _within(item, since, until)
+        ]
+        found = []
+        for batch in batches[::-1]:
+            response = send(self.client, self._request("GET", f"/api/v1/batch/{batch['id']}"), paid=False)
+            tasks = self._check(response, paid=False).get("tasks")
+            if not isinstance(tasks, list):
+                raise Unreadable("qtpixel: a batch answer without its tasks")
+            ordered = sorted((t for t in tasks if isinstance(t, dict)), key=lambda t: t.get("batch_index") or 0)
+            task_ids = tuple(f"{BATCH_PREFIX}{batch['id']}:{task['id']}" for task in ordered)
+            found.append(Sighting(f"{BATCH_PREFIX}{batch['id']}", task_ids=task_ids))
+        return found
+
+    def _listed(self, path: str, key: str, since: datetime) -> list[dict[str, Any]]:
+        """Items of a paged list, newest first, until one older than ``since`` or ``SEARCH_PAGES``."""
+        items: list[dict[str, Any]] = []
+        for page in range(1, SEARCH_PAGES + 1):
+            response = send(self.client, self._request("GET", path, params={"page": page}), paid=False)
+            listed = self._check(response, paid=False).get(key)
+            if not isinstance(listed, list):
+                raise Unreadable(f"qtpixel: a {path} answer without its {key}")
+            items += [item for item in listed if isinstance(item, dict) and _is_id(item.get("id"))]
+            created = _created(listed[-1]) if listed and isinstance(listed[-1], dict) else None
+            if not listed or created is None or created < since:
+                break
+        return items
+
     def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         """One request per poll group: a batch's tasks together, a single task on its own."""
         groups: dict[str, list[str]] = {}
@@ -147,19 +200,19 @@ class Qtpixel(Provider):
 
     def _poll_single(self, task_id: str) -> TaskStatus:
         response = send(self.client, self._request("GET", f"/api/v1/task/{task_id}"), paid=False)
-        if response.status_code == 404:
+        if response.status_code == 404 and _documented(response) is not None:
             return TaskFailed(f"qtpixel: task {task_id} is gone (deleted, or another key's)")
         return self._status(self._check(response, paid=False))
 
     def _poll_batch(self, group: str, task_ids: list[str]) -> dict[str, TaskStatus]:
         batch_id = group.removeprefix(BATCH_PREFIX)
         response = send(self.client, self._request("GET", f"/api/v1/batch/{batch_id}"), paid=False)
-        if response.status_code == 404:
+        if response.status_code == 404 and _documented(response) is not None:
             return {task_id: TaskFailed(f"qtpixel: batch {batch_id} is gone") for task_id in task_ids}
         payload = self._check(response, paid=False)
         items = payload.get("tasks") if isinstance(payload, dict) else None
         if not isinstance(items, list):
-            raise Transient("qtpixel: a batch answer without its tasks")
+            raise Unreadable("qtpixel: a batch answer without its tasks")
         by_id = {str(item.get("id")): item for item in items if isinstance(item, dict)}
         found: dict[str, TaskStatus] = {}
         for task_id in task_ids:
@@ -203,14 +256,20 @@ class Qtpixel(Provider):
     def _check(self, response: httpx.Response, *, paid: bool) -> Any:
         payload = json_body(response)
         if response.is_success:
+            if not isinstance(payload, dict):
+                raise unreadable(response, self.name, paid=paid)
             return payload
-        if not isinstance(payload, dict) or "error" not in payload:
-            # A gateway's time-out page after a paid submit may hide a started task.
-            what = f"qtpixel {response.status_code}: an error answer that cannot be read"
-            raise AnswerLost(what) if paid and response.status_code == 504 else _error_for(response, what)
-        details = payload.get("details")
-        message = f"qtpixel {response.status_code}: {payload['error']}" + (f" ({details})" if details else "")
-        raise _error_for(response, message)
+        raise failed_answer(response, self.name, _documented(response), paid=paid)
+
+
+def _documented(response: httpx.Response) -> ProviderError | None:
+    """The outcome of an error body in the documented shape, ``{"error": M, "details": D?}``."""
+    payload = json_body(response)
+    if not isinstance(payload, dict) or not isinstance(payload.get("error"), str):
+        return None
+    details = payload.get("details")
+    message = f"qtpixel {response.status_code}: {payload['error']}" + (f" ({details})" if details else "")
+    return _error_for(response, message)
 
 
 def _error_for(response: httpx.Response, message: str) -> ProviderError:
@@ -224,6 +283,24 @@ def _error_for(response: httpx.Response, message: str) -> ProviderError:
     if 400 <= status < 500:
         return InvalidRequest(message)
     return Transient(message)
+
+
+def _created(item: dict[str, Any]) -> datetime | None:
+    """``created_at`` (ISO 8601, UTC, to the second) as an aware datetime, or None."""
+    text = item.get("created_at")
+    if not isinstance(text, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _within(item: dict[str, Any], since: datetime, until: datetime) -> bool:
+    created = _created(item)
+    # The provider's time is to the second: a submit in the second ``since`` falls in counts.
+    return created is not None and since - timedelta(seconds=1) <= created <= until
 
 
 def _is_id(value: Any) -> bool:

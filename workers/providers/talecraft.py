@@ -33,6 +33,7 @@ from workers.providers.base import (
     TaskStatus,
     Transient,
     Unsupported,
+    failed_answer,
     json_body,
     retry_after,
     send,
@@ -65,6 +66,9 @@ class Talecraft(Provider):
         super().__init__(client, account, api_key)
         self.timeout = _timeout_option(account)
         """Seconds to wait for the answer of one generation."""
+
+    def submit_timeout(self) -> float:
+        return self.timeout
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:
@@ -135,9 +139,10 @@ def _finished(response: httpx.Response) -> Finished:
         raise AnswerLost(f"talecraft {response.status_code}: a success without an image_url")
     message = _message(payload)
     if message is None:
-        # An answer that cannot be read may hide a picture made and paid for (a gateway's time-out page).
-        what = f"talecraft {response.status_code}: an answer that cannot be read"
-        raise AnswerLost(what) if response.is_success or response.status_code == 504 else Transient(what)
+        # An answer that cannot be read may hide a picture made and paid for (a gateway's page).
+        if response.is_success:
+            raise AnswerLost(f"talecraft {response.status_code}: an answer that cannot be read")
+        raise failed_answer(response, "talecraft", None, paid=True)
     raise _error_for(response.status_code, message)
 
 
