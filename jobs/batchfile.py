@@ -25,9 +25,11 @@ from pydantic import ValidationError
 
 from jobs.errors import BatchFileError, Problem
 from jobs.spec import BatchSpec, JobSpec
+from jobs.states import UncertainPolicy
 
 _BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
-_HEADER_FIELDS = ("name", "priority", "defaults")
+_HEADER_FIELDS = ("name", "priority", "on_uncertain", "defaults")
+_POLICIES = tuple(policy.value for policy in UncertainPolicy)
 _JOB_FIELDS = tuple(JobSpec.model_fields)
 _OPTION_PREFIX = "options."
 _REFERENCE_SEPARATOR = "|"
@@ -301,6 +303,7 @@ def _build(parsed: _Parsed, source: str, data: bytes, stem: str) -> BatchSpec:
     problems = list(parsed.problems)
     name = _batch_name(parsed, source, stem, problems)
     priority = _priority(parsed, source, problems)
+    on_uncertain = _on_uncertain(parsed, source, problems)
     defaults = _defaults(parsed, source, problems)
 
     jobs: list[JobSpec] = []
@@ -332,6 +335,7 @@ def _build(parsed: _Parsed, source: str, data: bytes, stem: str) -> BatchSpec:
         source=source,
         content_hash=hashlib.sha256(data).hexdigest(),
         priority=priority,
+        on_uncertain=on_uncertain,
         jobs=tuple(jobs),
         lines=tuple(lines),
     )
@@ -355,6 +359,15 @@ def _priority(parsed: _Parsed, source: str, problems: list[Problem]) -> int:
         problems.append(Problem(source, parsed.header_lines.get("priority"), "priority", "must be a whole number"))
         return 0
     return priority
+
+
+def _on_uncertain(parsed: _Parsed, source: str, problems: list[Problem]) -> str | None:
+    policy = parsed.header.get("on_uncertain")
+    if policy is None or policy in _POLICIES:
+        return policy
+    message = f"{policy!r} is not a policy for lost answers; use {' or '.join(_POLICIES)}"
+    problems.append(Problem(source, parsed.header_lines.get("on_uncertain"), "on_uncertain", message))
+    return None
 
 
 def _defaults(parsed: _Parsed, source: str, problems: list[Problem]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from jobs.db import make_engine, migrate
 from jobs.errors import BatchFileError, ConfigError, GenqError
 from jobs.settings import Settings
 from jobs.spec import BatchSpec
+from jobs.states import UncertainPolicy
 from jobs.status import BatchStatus, batch_status, recent_batches
 
 if TYPE_CHECKING:
@@ -38,6 +39,14 @@ QUEUES = "control,submit,poll,collect"
 
 FileArg = Annotated[Path, typer.Argument(help="A batch file: .csv, .yaml or .jsonl.", show_default=False)]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Make a new batch even if this file was submitted.")]
+OnUncertainOpt = Annotated[
+    UncertainPolicy | None,
+    typer.Option(
+        "--on-uncertain",
+        help="A job whose submit answer was lost and that the provider cannot account for: fail it (never pay "
+        "twice; the default) or resubmit it (no picture missing). Overrides the file's on_uncertain.",
+    ),
+]
 
 
 def _refuse(error: GenqError) -> typer.Exit:
@@ -80,6 +89,7 @@ def _print_summary(status: BatchStatus, settings: Settings) -> None:
     console.print(table)
     for failure in status.errors:
         console.print(f"  job {failure['job']} (line {failure['line']}): {failure['error']}", markup=False)
+    _print_lost_answers(status)
     storage = Storage(settings.resolved_storage_url())
     console.print(f"Images: {storage.where(batch_folder(status.id, status.name))}", markup=False, soft_wrap=True)
     if status.manifest_key:
@@ -92,6 +102,7 @@ def run(
     sandbox: Annotated[bool, typer.Option("--sandbox", help="Serve the fake providers and use them.")] = False,
     force: ForceOpt = False,
     concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 8,
+    on_uncertain: OnUncertainOpt = None,
 ) -> None:
     """Run one batch to the end on this machine, starting whatever is missing; the same file again resumes."""
     from jobs.embedded import EmbeddedStack
@@ -115,7 +126,7 @@ def run(
         except GenqError as error:
             raise _refuse(error) from None
         engine = _engine(settings)
-        produced = produce(engine, spec, force=force)
+        produced = produce(engine, spec, force=force, on_uncertain=on_uncertain and on_uncertain.value)
         batch_id = produced.batch.id
         assert batch_id is not None
         if produced.created:
@@ -207,7 +218,7 @@ def _duration(seconds: float) -> str:
 
 
 @app.command()
-def submit(file: FileArg, force: ForceOpt = False) -> None:
+def submit(file: FileArg, force: ForceOpt = False, on_uncertain: OnUncertainOpt = None) -> None:
     """Submit a batch to a running deployment; prints the batch id."""
     from jobs.producer import produce
 
@@ -216,7 +227,7 @@ def submit(file: FileArg, force: ForceOpt = False) -> None:
         spec = _checked_batch(file, settings)
     except GenqError as error:
         raise _refuse(error) from None
-    produced = produce(_engine(settings), spec, force=force)
+    produced = produce(_engine(settings), spec, force=force, on_uncertain=on_uncertain and on_uncertain.value)
     _kick(settings)
     if not produced.created:
         errors.print(f"this file is already batch {produced.batch.id}; --force makes a new one")
@@ -258,8 +269,21 @@ def status(
             str(s.counts["succeeded"]), str(s.counts["failed"]), str(s.images),
         )  # fmt: skip
     console.print(table)
+    for s in found:
+        _print_lost_answers(s, prefix="" if batch is not None else f"batch {s.id}: ")
     if accounts:
         console.print(_accounts_table(accounts))
+
+
+def _print_lost_answers(status: BatchStatus, prefix: str = "") -> None:
+    lost = status.lost_answers
+    if lost["uncertain"]:
+        console.print(
+            f"{prefix}lost answers: {lost['uncertain']} job(s) whose submit answer was lost; "
+            f"{lost['adopted']} found at the provider and kept, {lost['resubmitted']} sent again "
+            f"(on_uncertain: {status.on_uncertain})",
+            highlight=False,
+        )
 
 
 def _account_reports(settings: Settings) -> list[AccountReport]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine, insert, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
-from jobs.lifecycle import JobState
+from jobs.lifecycle import JobState, UncertainPolicy
 from jobs.models import Batch, Job
 from jobs.spec import BatchSpec
 
@@ -27,20 +27,31 @@ class Produced:
     """False when the same file was already a batch and that one is returned."""
 
 
-def produce(engine: Engine, spec: BatchSpec, *, force: bool = False) -> Produced:
+def produce(engine: Engine, spec: BatchSpec, *, force: bool = False, on_uncertain: str | None = None) -> Produced:
+    """``on_uncertain`` (from the command line) wins over the file's; given for a batch already
+    there, it changes that batch's policy from now on."""
     if not force:
         existing = _existing(engine, spec.content_hash)
         if existing is not None:
-            return Produced(existing, created=False)
+            return Produced(_with_policy(engine, existing, on_uncertain), created=False)
+    policy = on_uncertain or spec.on_uncertain or UncertainPolicy.FAIL.value
     try:
         with session_scope(engine) as session:
-            batch = _insert(session, spec, dedupe_key=None if force else spec.content_hash)
+            batch = _insert(session, spec, dedupe_key=None if force else spec.content_hash, on_uncertain=policy)
     except IntegrityError:
         existing = _existing(engine, spec.content_hash)
         if existing is None:
             raise
-        return Produced(existing, created=False)
+        return Produced(_with_policy(engine, existing, on_uncertain), created=False)
     return Produced(batch, created=True)
+
+
+def _with_policy(engine: Engine, batch: Batch, on_uncertain: str | None) -> Batch:
+    if on_uncertain is None or on_uncertain == batch.on_uncertain:
+        return batch
+    with session_scope(engine) as session:
+        session.execute(update(Batch).where(col(Batch.id) == batch.id).values(on_uncertain=on_uncertain))
+    return batch.model_copy(update={"on_uncertain": on_uncertain})
 
 
 def _existing(engine: Engine, content_hash: str) -> Batch | None:
@@ -48,8 +59,9 @@ def _existing(engine: Engine, content_hash: str) -> Batch | None:
         return session.exec(select(Batch).where(col(Batch.dedupe_key) == content_hash)).first()
 
 
-def _insert(session: Session, spec: BatchSpec, *, dedupe_key: str | None) -> Batch:
+def _insert(session: Session, spec: BatchSpec, *, dedupe_key: str | None, on_uncertain: str) -> Batch:
     batch = Batch(
+        on_uncertain=on_uncertain,
         name=spec.name,
         source=spec.source,
         content_hash=spec.content_hash,

@@ -74,6 +74,9 @@ class BatchSpec(BaseModel):
     source: str
     content_hash: str
     priority: int = 0
+    on_uncertain: str | None = None
+    """What becomes of a job whose lost answer the provider cannot account for (``fail`` or
+    ``resubmit``); None when the file does not say."""
     jobs: tuple[JobSpec, ...]
     lines: tuple[int, ...]
     """The source line of each job, in the same order."""

@@ -6,12 +6,14 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine, func
+from sqlalchemy import Engine, case, func
 from sqlmodel import Session, col, select
 
 from jobs.errors import NotFound
 from jobs.lifecycle import FINAL, BatchState, JobState
 from jobs.models import Asset, Batch, Job
+
+LOST_ANSWER_COUNTS = ("uncertain", "adopted", "resubmitted")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class BatchStatus:
     manifest_key: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     """The first few failed jobs: line, name and reason."""
+    on_uncertain: str = "fail"
+    lost_answers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_ANSWER_COUNTS, 0))
+    """Jobs whose submit answer was lost (``uncertain``), of those found at the provider and taken
+    as theirs (``adopted``), and sent again under ``on_uncertain: resubmit`` (``resubmitted``)."""
 
     @property
     def done(self) -> int:
@@ -60,6 +66,13 @@ def batch_status(engine: Engine, batch_id: int, *, error_limit: int = 10) -> Bat
             .join(Job, col(Job.id) == col(Asset.job_id))
             .where(col(Job.batch_id) == batch_id)
         ).one()
+        lost = session.exec(
+            select(
+                func.count(case((col(Job.lost_answers) > 0, 1))),
+                func.count(case((col(Job.adopted).is_not(None), 1))),
+                func.count(case((col(Job.resubmits) > 0, 1))),
+            ).where(col(Job.batch_id) == batch_id)
+        ).one()
         failed = session.exec(
             select(Job.seq, Job.line, Job.name, Job.error)
             .where(col(Job.batch_id) == batch_id, col(Job.state) == JobState.FAILED.value)
@@ -82,6 +95,8 @@ def batch_status(engine: Engine, batch_id: int, *, error_limit: int = 10) -> Bat
         finished_at=batch.finished_at,
         manifest_key=batch.manifest_key,
         errors=[{"job": seq, "line": line, "name": name, "error": error} for seq, line, name, error in failed],
+        on_uncertain=batch.on_uncertain,
+        lost_answers=dict(zip(LOST_ANSWER_COUNTS, lost, strict=True)),
     )
 
 

@@ -67,7 +67,7 @@ def settle(runtime: Runtime, job_id: int) -> Outcome:
     account = runtime.accounts.get(job.account or "")
     adapter = adapter_class(job.provider)
     now = utcnow()
-    searched_until = (job.lease_until or now) + timedelta(seconds=runtime.settings.settle_for)
+    searched_until = (job.lease_until or job.sent_at or now) + timedelta(seconds=runtime.settings.settle_for)
     if account is not None and adapter.keeps_record and job.sent_at is not None:
         if job.adopted is not None:
             return _await_pictures(runtime, job)

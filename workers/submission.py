@@ -215,8 +215,9 @@ def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | No
                 **released,
             )
         elif step is NextStep.UNCERTAIN:
+            # The lease is kept: it bounds the time in which the provider's record is searched.
             if move(session, job.id, JobState.SUBMITTING, JobState.UNCERTAIN, lost_answers=job.lost_answers + 1,
-                    **released):  # fmt: skip
+                    holder=None, error=reason):  # fmt: skip
                 session.add(JobEvent(job_id=job.id, event="answer lost", detail=reason))
         else:
             move(session, job.id, JobState.SUBMITTING, JobState.FAILED, attempts=job.attempts + 1, **released)
