@@ -8,6 +8,8 @@ several processes starting at once apply them exactly once.
 from __future__ import annotations
 
 import fcntl
+import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,10 +20,15 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 0x67656E71  # "genq"
+RECORD_PATIENCE = 60.0
+"""Seconds a write that records something paid for waits for the database to come back."""
+
+log = logging.getLogger(__name__)
 
 
 def make_engine(url: str) -> Engine:
@@ -66,6 +73,28 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+def while_the_database_is_back(write: Callable[[], Any], *, patience: float = RECORD_PATIENCE) -> Any:
+    """Run ``write``, and run it again while the database is unreachable (a restart, a failover),
+    for up to ``patience`` seconds.
+
+    For the writes that record what a provider answered to a paid call: lost, the answer is gone,
+    and the job with it. ``write`` must be a whole transaction of its own, safe to run again.
+    """
+    deadline = time.monotonic() + patience
+    pause = 0.25
+    while True:
+        try:
+            return write()
+        except (OperationalError, DBAPIError) as error:
+            if not (isinstance(error, OperationalError) or error.connection_invalidated):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise
+            log.warning("the database did not answer (%s); writing again in %.1f s", type(error.orig).__name__, pause)
+            time.sleep(pause)
+            pause = min(pause * 2, 5.0)
 
 
 def migrate(engine: Engine) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from jobs.db import session_scope, upsert_insert
+from jobs.db import session_scope, upsert_insert, while_the_database_is_back
 from jobs.lifecycle import JobState, TaskState, move
 from jobs.models import AccountBalance, Job, JobEvent, ProviderTask, utcnow
 from jobs.spec import JobSpec
@@ -110,9 +110,9 @@ def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
         return _not_now(runtime, job, wait)
     try:
         submitted = provider.submit(JobSpec.model_validate(job.spec))
-    except ProviderError as error:
-        return AfterSubmit(wait=_after_error(runtime, job, error))
-    return AfterSubmit(collect=record_submitted(runtime, job, submitted))
+    except ProviderError:
+        return AfterSubmit(wait=while_the_database_is_back(lambda: _after_error(runtime, job, error)))
+    return AfterSubmit(collect=while_the_database_is_back(lambda: record_submitted(runtime, job, submitted)))
 
 
 def _not_now(runtime: Runtime, job: Job, wait: float) -> AfterSubmit:
