@@ -26,7 +26,8 @@ def test_a_call_longer_than_stale_after_still_ends_with_its_picture(
 ):
     sandbox_server.configure("talecraft", latency_mean=SLOW)
     account = {"name": "tale-1", "provider": "talecraft", "api_key_env": "GENQ_TEST_SANDBOX_KEY", "rpm": 60,
-               "max_in_flight": 2, **sandbox_server.account_settings("talecraft"), "options": {"timeout": "30"}}  # fmt: skip
+               "max_in_flight": 2, **sandbox_server.account_settings("talecraft")}  # fmt: skip
+    account["options"] = {"timeout": "30"}
     accounts = tmp_path / "talecraft-accounts.yaml"
     accounts.write_text(yaml.safe_dump({"accounts": [account]}))
     genq_env.update({"GENQ_ACCOUNTS": str(accounts), "GENQ_STALE_AFTER": "2", "GENQ_RECONCILE_INTERVAL": "0.5"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
+from functools import partial
 from typing import Any
 
 from sqlmodel import Session
@@ -110,9 +111,9 @@ def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
         return _not_now(runtime, job, wait)
     try:
         submitted = provider.submit(JobSpec.model_validate(job.spec))
-    except ProviderError:
-        return AfterSubmit(wait=while_the_database_is_back(lambda: _after_error(runtime, job, error)))
-    return AfterSubmit(collect=while_the_database_is_back(lambda: record_submitted(runtime, job, submitted)))
+    except ProviderError as error:
+        return AfterSubmit(wait=while_the_database_is_back(partial(_after_error, runtime, job, error)))
+    return AfterSubmit(collect=while_the_database_is_back(partial(record_submitted, runtime, job, submitted)))
 
 
 def _not_now(runtime: Runtime, job: Job, wait: float) -> AfterSubmit:
