@@ -12,11 +12,13 @@ import yaml
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
-from jobs.models import Batch, Job, ProviderTask, utcnow
+from jobs.models import Asset, Batch, Job, ProviderTask, utcnow
 from jobs.settings import Settings
 from tests.rawhttp import RawServer, answer
+from workers.collect import collect_job
 from workers.finish import finish_batch_if_done
-from workers.polling import due_polls, poll_tasks
+from workers.polling import PollResult, due_polls, end_task, poll_tasks
+from workers.providers.base import Finished, Image, TaskFailed
 from workers.reconcile import reconcile
 from workers.runtime import Runtime
 
@@ -171,4 +173,27 @@ def test_a_task_past_its_age_fails_without_a_poll(tmp_path, engine, database_url
     job = ended(runtime, batch_id, job_id)
     assert "still running after 601 s" in (job.error or "")
     assert polls_seen(sandbox_server) == 0
+    runtime.close()
+
+
+def test_a_picture_made_beside_a_failed_sibling_is_kept_and_the_job_fails_for_the_other(
+    tmp_path, engine, database_url, clean_redis, sandbox_server, monkeypatch
+):
+    monkeypatch.setenv("GENQ_TEST_POLL_KEY", "sk-polls")
+    runtime = gencraft_runtime(tmp_path, sandbox_server.base_url("gencraft"), database_url, clean_redis)
+    batch_id, job_id = running_job(engine, ["task_made", "task_failed"])
+    with Session(engine) as session:
+        made, failed = session.exec(select(ProviderTask).order_by(col(ProviderTask.index))).all()
+    result = PollResult()
+
+    end_task(runtime, failed, TaskFailed("model overloaded"), result)
+    assert (result.ready, result.failed) == ([], [])  # its sibling still runs: nothing decided yet
+    end_task(runtime, made, Finished((Image(f"{sandbox_server.url}/_sandbox/samples/made.png"),)), result)
+    assert result.ready == [job_id]
+    collect_job(runtime, job_id)
+
+    job = ended(runtime, batch_id, job_id)
+    assert job.state == "failed" and job.error == "1 of 2 tasks made no picture: gc: model overloaded"
+    with Session(engine) as session:
+        assert len(session.exec(select(Asset).where(col(Asset.job_id) == job_id)).all()) == 1
     runtime.close()

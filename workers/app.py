@@ -11,6 +11,7 @@ from celery import Celery
 from kombu import Queue
 
 from jobs.settings import Settings
+from workers.brokerfix import install as install_brokerfix
 
 QUEUES = ("control", "submit", "poll", "collect")
 ROUTES = {
@@ -27,6 +28,7 @@ MAX_COUNTDOWN = 60.0
 
 
 def make_app(settings: Settings | None = None) -> Celery:
+    install_brokerfix()  # a worker holding late-acked messages must outlive a restart of Redis
     settings = settings or Settings()
     celery = Celery("genq", include=["workers.tasks"])
     celery.conf.update(

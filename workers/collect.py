@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
-from jobs.lifecycle import JobState, move
+from jobs.lifecycle import JobState, TaskState, move
 from jobs.models import Asset, Batch, Job, ProviderTask, utcnow
 from jobs.storage import batch_folder
 from workers.liveness import holder_id
@@ -76,7 +76,11 @@ def collect_job(runtime: Runtime, job_id: int) -> bool:
         key = asset_key(batch, job, index, len(urls), picture.extension)
         runtime.storage.put(key, picture.data)
         _record(runtime, job_id, index, key, picture)
+    missing = [task for task in tasks if task.state == TaskState.FAILED.value]
     with session_scope(runtime.engine) as session:
+        if missing:  # the pictures that were made are kept; the job did not make all it asked for
+            reason = job.error or f"{len(missing)} of {len(tasks)} tasks made no picture: {missing[0].error}"
+            return move(session, job_id, JobState.COLLECTING, JobState.FAILED, error=reason, holder=None)
         return move(session, job_id, JobState.COLLECTING, JobState.SUCCEEDED, error=None, holder=None)
 
 

@@ -245,8 +245,8 @@ def _record(
 
 
 def end_task(runtime: Runtime, task: ProviderTask, status: Finished | TaskFailed, result: PollResult) -> None:
-    """Record a provider task's end and move its job: failed with the first task that failed, or to
-    be collected once its every task succeeded.
+    """Record a provider task's end and, once none of its job's tasks runs, move the job on
+    (``after_tasks``).
 
     The job's row is locked (on PostgreSQL) before its tasks are read: two polls ending the last two
     tasks of one job at once would otherwise each see the other still running, and neither move it.
@@ -266,18 +266,31 @@ def end_task(runtime: Runtime, task: ProviderTask, status: Finished | TaskFailed
         )
         if moved.rowcount != 1:  # type: ignore[attr-defined]
             return
-        if isinstance(status, TaskFailed):
-            reason = f"{task.account}: {status.reason}"
-            if move(session, task.job_id, JobState.RUNNING, JobState.FAILED, error=reason):
-                result.failed.append(task.job_id)
-            return
-        unfinished = session.exec(
-            select(ProviderTask.id).where(
-                col(ProviderTask.job_id) == task.job_id, col(ProviderTask.state) != TaskState.SUCCEEDED.value
-            )
-        ).first()
-        if unfinished is None and move(session, task.job_id, JobState.RUNNING, JobState.COLLECTING):
+        moved_to = after_tasks(session, task.job_id)
+        if moved_to is JobState.COLLECTING:
             result.ready.append(task.job_id)
+        elif moved_to is JobState.FAILED:
+            result.failed.append(task.job_id)
+
+
+def after_tasks(session: Session, job_id: int) -> JobState | None:
+    """Move a running job whose tasks have all ended: to be collected when any picture was made (a
+    paid picture is kept even when a sibling failed; the job then ends failed, its pictures stored),
+    else failed with the first task's reason. None while a task still runs, or if it moved already."""
+    tasks = session.exec(
+        select(ProviderTask.state, ProviderTask.error, ProviderTask.account)
+        .where(col(ProviderTask.job_id) == job_id)
+        .order_by(col(ProviderTask.index))
+    ).all()
+    if any(state == TaskState.RUNNING.value for state, _, _ in tasks):
+        return None
+    failures = [f"{account}: {error}" for state, error, account in tasks if state == TaskState.FAILED.value]
+    if any(state == TaskState.SUCCEEDED.value for state, _, _ in tasks):
+        error = f"{len(failures)} of {len(tasks)} tasks made no picture: {failures[0]}" if failures else None
+        moved = move(session, job_id, JobState.RUNNING, JobState.COLLECTING, error=error)
+        return JobState.COLLECTING if moved else None
+    reason = failures[0] if failures else "its provider tasks ended without a picture"
+    return JobState.FAILED if move(session, job_id, JobState.RUNNING, JobState.FAILED, error=reason) else None
 
 
 def lock_job(session: Session, job_id: int) -> None:

@@ -82,7 +82,7 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) 
 return 0
 """
 
-ADMISSION_LEASE_MS = 30_000
+ADMISSION_LEASE_MS = 10_000
 """The longest one dispatcher may hold an account's admission: a round that died holding it frees it."""
 
 # KEYS: log, pause. ARGV: window (ms). Returns {requests in the window, ms of pause left, why}.

@@ -24,6 +24,7 @@ from jobs.lifecycle import BatchState, JobState, TaskState, move
 from jobs.models import Batch, Job, JobEvent, ProviderTask, utcnow
 from workers.finish import finish_batch_if_done
 from workers.liveness import dead_holders
+from workers.polling import after_tasks
 from workers.runtime import Runtime
 from workers.settle import LOOK_AGAIN
 
@@ -127,18 +128,13 @@ def _finish_running(runtime: Runtime, found: Reconciled) -> None:
         rows = session.exec(
             select(Job.id, Job.account).where(col(Job.state) == JobState.RUNNING.value, ended).limit(500)
         ).all()
-        for job_id, account in rows:
+        for job_id, _ in rows:
             if job_id is None:
                 continue
-            failed = session.exec(
-                select(ProviderTask.error).where(
-                    col(ProviderTask.job_id) == job_id, col(ProviderTask.state) == TaskState.FAILED.value
-                )
-            ).first()
-            if failed is None and move(session, job_id, JobState.RUNNING, JobState.COLLECTING):
+            moved_to = after_tasks(session, job_id)
+            if moved_to is JobState.COLLECTING:
                 found.recollect.append(job_id)
-            elif failed is not None and move(session, job_id, JobState.RUNNING, JobState.FAILED,
-                                             error=f"{account}: {failed}"):  # fmt: skip
+            elif moved_to is JobState.FAILED:
                 found.failed.append(job_id)
         orphans = session.exec(
             select(Job.id, Job.account).where(

@@ -21,7 +21,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
-from jobs.lifecycle import JobState, UncertainPolicy, move
+from jobs.lifecycle import JobState, TaskState, UncertainPolicy, move
 from jobs.models import Batch, Job, JobEvent, ProviderTask, utcnow
 from jobs.spec import JobSpec
 from workers.providers import adapter_class
@@ -178,18 +178,33 @@ def _adopt(runtime: Runtime, job: Job, sighting: Sighting) -> Outcome:
 
 def _await_pictures(runtime: Runtime, job: Job, sighting: Sighting | None = None) -> Outcome:
     """An adopted submission that names no tasks (gencraft's history): its pictures are taken once
-    every one is made; until then it is looked up again, for as long as a task may run."""
+    every one is made. A record without tasks does not say that one failed, so it is looked up
+    again only for as long as pictures of the kind take (ten times the learned 90th percentile, and
+    at least ``settle_for``); then the pictures that came are kept and the job fails for the rest."""
     assert job.id is not None and job.adopted is not None
     if sighting is None:
         sighting = _find_again(runtime, job)
-    if sighting is not None and sighting.complete:
-        collect = record_submitted(runtime, job, Finished(sighting.images), source=JobState.UNCERTAIN)
-        return Outcome(Settled.ADOPTED, collect=collect)
     age = (utcnow() - (job.sent_at or utcnow())).total_seconds()
-    if age > runtime.settings.max_task_age:
-        reason = f"found at the provider as {job.adopted}, but its pictures did not all come in {age:.0f} s"
-        return _fail(runtime, job, reason)
+    learned = runtime.timing.first_poll_delay(job.provider, job.spec.get("model"))
+    patience = max(10 * learned, runtime.settings.settle_for)
+    if sighting is not None and (sighting.complete or (sighting.images and age > patience)):
+        collect = record_submitted(runtime, job, Finished(sighting.images), source=JobState.UNCERTAIN)
+        if not sighting.complete:
+            _missing_pictures(runtime, job, f"found at the provider as {job.adopted}; the rest did not come "
+                                            f"in {age:.0f} s")  # fmt: skip
+        return Outcome(Settled.ADOPTED, collect=collect)
+    if age > patience:
+        return _fail(runtime, job, f"found at the provider as {job.adopted}, but no picture came in {age:.0f} s")
     return Outcome(Settled.WAITING)
+
+
+def _missing_pictures(runtime: Runtime, job: Job, reason: str) -> None:
+    """A failed task beside the pictures that came, so the job ends failed with them stored."""
+    assert job.id is not None and job.account is not None
+    with session_scope(runtime.engine) as session:
+        session.add(ProviderTask(job_id=job.id, index=1, account=job.account, provider=job.provider,
+                                 remote_id=job.adopted or "", state=TaskState.FAILED.value, error=reason,
+                                 finished_at=utcnow()))  # fmt: skip
 
 
 def _find_again(runtime: Runtime, job: Job) -> Sighting | None:

@@ -1,0 +1,3 @@
+from tests.chaos.run import main
+
+raise SystemExit(main())
