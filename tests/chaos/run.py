@@ -283,11 +283,13 @@ def _children(pid: int) -> list[int]:
 def _kill_a_pool_process(
     engine: Engine, processes: dict[str, subprocess.Popen[bytes]], rng: random.Random, now: float
 ) -> Killed | None:
-    worker = processes[f"worker-{rng.randrange(WORKERS)}"]
-    children = _children(worker.pid)
+    """A pool process of any worker, one holding a job (submitting or collecting) when there is one:
+    those are the kills whose jobs must come back."""
+    children = [pid for n in range(WORKERS) for pid in _children(processes[f"worker-{n}"].pid)]
     if not children:
         return None
-    pid = rng.choice(children)
+    holding = [pid for pid in children if _held_by(engine, pid)]
+    pid = rng.choice(holding or children)
     held = _held_by(engine, pid)
     try:
         os.kill(pid, signal.SIGKILL)
@@ -379,11 +381,18 @@ def _figures(
         "alive": sorted(name for name, process in processes.items() if process.poll() is None),
         "processes": sorted(processes),
         "submits_seen": sum(1 for r in sandbox.stats()["requests"] if r["kind"] == "submit"),
+        "failures": dict(Counter(_reason(job.error) for job in jobs if job.state == "failed").most_common()),
     }
 
 
+def _reason(error: str | None) -> str:
+    """A failure's reason without the account and the ids, so alike ones count together."""
+    words = (error or "").split(": ", 1)[-1]
+    return " ".join(word for word in words.split() if not any(ch.isdigit() for ch in word))[:90]
+
+
 def _p90(values: list[float]) -> float:
-    return statistics.quantiles(values, n=10)[-1] if len(values) > 1 else values[0]
+    return statistics.quantiles(values, n=10, method="inclusive")[-1] if len(values) > 1 else values[0]
 
 
 def _report(figures: dict[str, object], work: Path) -> int:
@@ -410,6 +419,10 @@ def _report(figures: dict[str, object], work: Path) -> int:
         f"  lost answers: {figures['uncertain']} uncertain, {figures['adopted']} adopted, "
         f"{figures['resubmitted']} resubmitted; {figures['submits_seen']} submit requests seen by the sandbox"
     )
+    failures = figures["failures"]
+    assert isinstance(failures, dict)
+    for reason, count in failures.items():
+        print(f"  failed: {count} x {reason}")
     for goal, met, detail in goals:
         print(f"  {'ok  ' if met else 'MISS'} {goal}: {detail}")
     missed = [goal for goal, met, _ in goals if not met]
