@@ -23,7 +23,7 @@ from jobs.db import make_engine, migrate
 from jobs.errors import BatchFileError, ConfigError, GenqError
 from jobs.settings import Settings
 from jobs.spec import BatchSpec
-from jobs.states import UncertainPolicy
+from jobs.states import BatchState, UncertainPolicy
 from jobs.status import BatchStatus, batch_status, recent_batches
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def run(
         raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         stack.stop()
-    raise typer.Exit(EXIT_OK if status.state == "succeeded" else EXIT_FAILED)
+    raise typer.Exit(EXIT_OK if status.state == BatchState.SUCCEEDED else EXIT_FAILED)
 
 
 @app.command()

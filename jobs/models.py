@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from jobs.states import BatchState, TaskState
+from jobs.states import BatchState, JobState, TaskState
 
 
 def utcnow() -> datetime:
@@ -60,7 +60,7 @@ class Job(SQLModel, table=True):
     pinned_account: str | None = None
     priority: int = 0
     spec: dict[str, Any] = Field(sa_column=Column(JSON, nullable=False))
-    state: str = Field(default="pending")
+    state: str = Field(default=JobState.PENDING.value)
     attempts: int = 0
     """Submissions sent that failed transiently."""
     error: str | None = None

@@ -203,6 +203,7 @@ def test_an_error_is_classified_by_its_message_whatever_the_status(
         (200, b"<html>ok</html>", AnswerLost),
         (504, b"<html>Gateway Timeout</html>", AnswerLost),
         (502, b"<html>Bad Gateway</html>", AnswerLost),
+        (502, b'{"message": "Internal server error"}', AnswerLost),  # a gateway's JSON, not TaleCraft's shape
     ],
 )
 def test_an_answer_without_a_readable_picture_is_lost_when_it_may_have_been_made(

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, exists, or_, update
+from sqlalchemy import ColumnElement, and_, exists, or_, update
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
@@ -61,7 +61,8 @@ def reconcile(runtime: Runtime, stale_after: float | None = None) -> Reconciled:
         )
     dead = dead_holders(runtime.redis, {holder for holder in holders if holder}) if holders else set()
     with session_scope(runtime.engine) as session:
-        found.resubmit = _touch(session, JobState.QUEUED, _expired(now, stale_after, stale), now)
+        queued_lease = now + timedelta(seconds=runtime.settings.queued_lease)
+        found.resubmit = _touch(session, JobState.QUEUED, _expired(now, stale_after, stale), now, lease=queued_lease)
         collect_cutoff = now - timedelta(seconds=stale)
         stale_collect = or_(col(Job.updated_at) <= collect_cutoff, col(Job.holder).in_(dead or [""]))
         found.recollect = _touch(session, JobState.COLLECTING, stale_collect, now)
@@ -77,7 +78,7 @@ def reconcile(runtime: Runtime, stale_after: float | None = None) -> Reconciled:
     return found
 
 
-def _expired(now: datetime, stale_after: float | None, stale: float):  # type: ignore[no-untyped-def]
+def _expired(now: datetime, stale_after: float | None, stale: float) -> ColumnElement[bool]:
     """Past its lease; a job with no lease, past ``stale``; every job when ``stale_after`` is 0."""
     if stale_after == 0:
         return col(Job.id).is_not(None)
@@ -87,12 +88,14 @@ def _expired(now: datetime, stale_after: float | None, stale: float):  # type: i
     )
 
 
-def _touch(session: Session, state: JobState, stale, now: datetime) -> list[int]:  # type: ignore[no-untyped-def]
+def _touch(
+    session: Session, state: JobState, stale: ColumnElement[bool], now: datetime, *, lease: datetime | None = None
+) -> list[int]:
     """The jobs of ``state`` matching ``stale``, marked as looked at now (so the next pass leaves
-    them alone while their new wake-up is on its way)."""
+    them alone while their new wake-up is on its way), with a new ``lease`` where one is given."""
     values: dict[str, object] = {"updated_at": now}
-    if state is JobState.QUEUED:
-        values["lease_until"] = None
+    if lease is not None:
+        values["lease_until"] = lease
     touched = session.execute(
         update(Job).where(col(Job.state) == state.value, stale).values(**values).returning(col(Job.id))
     )

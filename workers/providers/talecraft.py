@@ -147,7 +147,12 @@ def _finished(response: httpx.Response) -> Finished:
 
 
 def _message(payload: Any) -> str | None:
-    message = payload.get("message") if isinstance(payload, dict) else None
+    """The message of an error in TaleCraft's shape, ``{"code": -1, "message": M}``; None for any
+    other body (a gateway's ``{"message": "Internal server error"}`` has no code and says nothing)."""
+    code = payload.get("code") if isinstance(payload, dict) else None
+    if not isinstance(code, int) or isinstance(code, bool):
+        return None
+    message = payload.get("message")
     return message if isinstance(message, str) else None
 
 
