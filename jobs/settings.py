@@ -92,6 +92,10 @@ class Settings(BaseSettings):
     ``lease_margin``, so a killed worker's job is found within about that. Synchronous providers
     (talecraft) wait longer, by their own account option."""
 
+    max_answer_bytes: int = 2 * 1024 * 1024
+    """The largest provider answer (after decoding) genq reads; past it a submit's answer is lost
+    and a poll's tasks fail, and no more of it is read."""
+
     max_image_bytes: int = 50 * 1024 * 1024
     """The largest image genq downloads; a larger answer is refused."""
 

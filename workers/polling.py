@@ -33,6 +33,7 @@ from jobs.settings import Settings
 from workers.providers import adapter_class
 from workers.providers.base import (
     AnswerLost,
+    AnswerTooLarge,
     BadCredentials,
     Finished,
     InvalidRequest,
@@ -84,6 +85,7 @@ POLL_STEP: dict[type[ProviderError], PollStep] = {
     Transient: PollStep.RETRY,
     Unreadable: PollStep.RETRY_FEW,
     AnswerLost: PollStep.RETRY,
+    AnswerTooLarge: PollStep.FAIL,
     InvalidRequest: PollStep.FAIL,
     Refused: PollStep.FAIL,
 }

@@ -65,7 +65,9 @@ class Runtime:
         )
 
     def provider(self, account_name: str) -> Provider:
-        return provider_for(self.accounts[account_name], self.http)
+        provider = provider_for(self.accounts[account_name], self.http)
+        provider.answer_cap = self.settings.max_answer_bytes
+        return provider
 
     def close(self) -> None:
         for name in ("http", "engine", "redis"):

@@ -387,7 +387,8 @@ def _figures(
 
 def _reason(error: str | None) -> str:
     """A failure's reason without the account and the ids, so alike ones count together."""
-    words = (error or "").split(": ", 1)[-1]
+    account, _, rest = (error or "").partition(": ")
+    words = rest if rest and " " not in account else error or ""
     return " ".join(word for word in words.split() if not any(ch.isdigit() for ch in word))[:90]
 
 

@@ -14,6 +14,7 @@ ids to poll) or, for a synchronous provider, ``Finished``; polls answer a status
      ├── Transient                  nothing was started; a retry can help
      │    └── Unreadable            an answer to an unpaid call that cannot be read
      └── AnswerLost                 the request may have been taken and paid for, but no answer came
+          └── AnswerTooLarge        an answer past the cap: never read whole
 
 Foreign errors (httpx's) are translated here, at one boundary, by ``send``. What a failed answer
 means is decided here too, by ``failed_answer``, one rule for every adapter: only the provider's own
@@ -74,6 +75,11 @@ class Unreadable(Transient):
 
 class AnswerLost(ProviderError):
     pass
+
+
+class AnswerTooLarge(AnswerLost):
+    """An answer past ``max_answer_bytes``: for a submit, lost (the job may have been taken); a poll
+    that answers so is never read, and its tasks fail."""
 
 
 Decision = TypeVar("Decision")
@@ -156,6 +162,8 @@ class Unsupported:
     field: str
     reason: str
 
+DEFAULT_ANSWER_CAP = 2 * 1024 * 1024
+"""Bytes of a provider's answer read at most (``GENQ_MAX_ANSWER_BYTES``), after decoding."""
 DEFAULT_RETRY_AFTER = 60.0
 """Seconds to pause after a 429 that names no wait."""
 
@@ -183,6 +191,12 @@ class Provider(ABC):
         self.client = client
         self.account = account
         self._api_key = api_key
+        self.answer_cap = DEFAULT_ANSWER_CAP
+        """Bytes of an answer read at most; the runtime sets it from ``max_answer_bytes``."""
+
+    def _send(self, request: httpx.Request, *, paid: bool) -> httpx.Response:
+        """``send``, capped, with this account's key scrubbed from whatever comes back."""
+        return send(self.client, request, paid=paid, cap=self.answer_cap, secrets=(self._api_key,))
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:
@@ -226,17 +240,29 @@ class Provider(ABC):
         return f"<{type(self).__name__} account={self.account.name}>"
 
 
-def send(client: httpx.Client, request: httpx.Request, *, paid: bool) -> httpx.Response:
-    """Send a request, translating transport failures into the outcomes above.
+def send(
+    client: httpx.Client,
+    request: httpx.Request,
+    *,
+    paid: bool,
+    cap: int = DEFAULT_ANSWER_CAP,
+    secrets: Sequence[str] = (),
+) -> httpx.Response:
+    """Send a request and read its answer, translating transport failures into the outcomes above.
 
     A failure before the request left (no connection) is ``Transient``. One after it left is
     ``AnswerLost`` when the call is ``paid`` (the provider may have started the work), else
-    ``Transient``: a lost poll costs nothing to repeat.
+    ``Transient``: a lost poll costs nothing to repeat. The body is read as it is decoded, at most
+    ``cap`` bytes (a 200 MB answer or a gzip bomb stops there: ``AnswerTooLarge``), and every
+    ``secrets`` value in it is replaced by ``***``: provider text that echoes a key never reaches
+    an exception, a log line or a row.
     """
     try:
-        response = client.send(request)
-        response.read()
-        return response
+        response = client.send(request, stream=True)
+        try:
+            body = _read_capped(response, cap)
+        finally:
+            response.close()
     except NOT_SENT as error:
         raise Transient(f"could not connect to {request.url.host}: {type(error).__name__}") from None
     except httpx.RequestError as error:
@@ -244,6 +270,28 @@ def send(client: httpx.Client, request: httpx.Request, *, paid: bool) -> httpx.R
         if paid:
             raise AnswerLost(f"{what}; the request may have been taken") from None
         raise Transient(what) from None
+    if body is None:
+        what = f"{request.url.host} answered more than {cap} bytes"
+        raise AnswerTooLarge(f"{what}; the request may have been taken" if paid else what)
+    for secret in secrets:
+        if secret:
+            body = body.replace(secret.encode(), b"***")
+    headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
+    return httpx.Response(response.status_code, headers=headers, content=body, request=request)
+
+
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+"""Headers of the body as sent; the answer handed on holds it decoded, and maybe scrubbed."""
+
+
+def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
+    """The decoded body, or None as soon as it grows past ``cap`` bytes (the rest is never read)."""
+    body = bytearray()
+    for chunk in response.iter_bytes():
+        body += chunk
+        if len(body) > cap:
+            return None
+    return bytes(body)
 
 
 NOT_SENT: tuple[type[httpx.RequestError], ...] = (

@@ -36,7 +36,6 @@ from workers.providers.base import (
     failed_answer,
     json_body,
     retry_after,
-    send,
     unreadable,
 )
 
@@ -74,7 +73,7 @@ class Cloudsway(Provider):
             if value is not None:
                 body[field] = value
         body.update(spec.options)
-        response = send(self.client, self._request("POST", "/images/generations", json=body), paid=True)
+        response = self._send(self._request("POST", "/images/generations", json=body), paid=True)
         payload = _checked(response, paid=True)
         task_id = payload.get("taskId") if isinstance(payload, dict) else None
         if not isinstance(task_id, str) or not task_id:
@@ -83,7 +82,7 @@ class Cloudsway(Provider):
 
     def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         [task_id] = task_ids
-        response = send(self.client, self._request("GET", f"/images/tasks/{task_id}"), paid=False)
+        response = self._send(self._request("GET", f"/images/tasks/{task_id}"), paid=False)
         if response.status_code == 404:
             return {task_id: TaskFailed(f"cloudsway 404: {_message(json_body(response)) or 'task not found'}")}
         return {task_id: _status(_checked(response, paid=False))}

@@ -46,7 +46,6 @@ from workers.providers.base import (
     failed_answer,
     json_body,
     retry_after,
-    send,
     unreadable,
 )
 
@@ -154,7 +153,7 @@ class Gencraft(Provider):
         if spec.references:
             body["imageUrls"] = [self.upload(url) for url in spec.references]
         body.update(spec.options)
-        response = send(self.client, self._request("POST", "/api/v1/generate", json=body), paid=True)
+        response = self._send(self._request("POST", "/api/v1/generate", json=body), paid=True)
         payload = self._check(response, paid=True)
         task_ids = payload.get("task_ids") if isinstance(payload, dict) else None
         if not isinstance(task_ids, list) or not task_ids or not all(isinstance(t, str) for t in task_ids):
@@ -167,7 +166,7 @@ class Gencraft(Provider):
         Not a generation, so nothing is paid for: a lost answer is only ``Transient``.
         """
         request = self._request("POST", "/api/v1/upload", json={"source_url": source_url})
-        response = send(self.client, request, paid=False)
+        response = self._send(request, paid=False)
         payload = self._check(response, paid=False)
         url = payload.get("url") if isinstance(payload, dict) else None
         if not isinstance(url, str) or not url:
@@ -176,13 +175,13 @@ class Gencraft(Provider):
 
     def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         if len(task_ids) == 1:
-            response = send(self.client, self._request("GET", f"/api/v1/tasks/{task_ids[0]}"), paid=False)
+            response = self._send(self._request("GET", f"/api/v1/tasks/{task_ids[0]}"), paid=False)
             if response.status_code == 404 and self._documented(response) is not None:
                 return {task_ids[0]: TaskFailed(f"gencraft: task {task_ids[0]} is not found at the provider")}
             items: Any = [self._check(response, paid=False)]
         else:
             request = self._request("GET", "/api/v1/tasks", params={"ids": ",".join(task_ids)})
-            payload = self._check(send(self.client, request, paid=False), paid=False)
+            payload = self._check(self._send(request, paid=False), paid=False)
             items = payload.get("tasks") if isinstance(payload, dict) else None
         if not isinstance(items, list) or len(items) != len(task_ids) or not all(isinstance(i, dict) for i in items):
             raise Unreadable("gencraft: a poll answer that does not list the tasks asked for")
@@ -207,7 +206,7 @@ class Gencraft(Provider):
     def history(self, page: int = 1, limit: int = 20) -> HistoryPage:
         """One page (1-indexed, ``limit`` at most 50) of the account's submits, newest first."""
         request = self._request("GET", "/api/v1/history", params={"page": page, "limit": limit})
-        response = send(self.client, request, paid=False)
+        response = self._send(request, paid=False)
         payload = self._check(response, paid=False)
         try:
             return HistoryPage(
@@ -222,7 +221,7 @@ class Gencraft(Provider):
 
     def user_status(self) -> AccountStatus:
         """The account's email, tier, and whether its upstream key is set."""
-        response = send(self.client, self._request("GET", "/api/v1/user/status"), paid=False)
+        response = self._send(self._request("GET", "/api/v1/user/status"), paid=False)
         payload = self._check(response, paid=False)
         try:
             return AccountStatus(_str(payload["email"]), _str(payload["tier"]), _bool(payload["has_key"]))

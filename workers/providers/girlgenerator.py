@@ -34,7 +34,6 @@ from workers.providers.base import (
     failed_answer,
     json_body,
     retry_after,
-    send,
     unreadable,
 )
 
@@ -96,7 +95,7 @@ class Girlgenerator(Provider):
         if spec.references:
             body["image_input"] = list(spec.references)
         body.update(spec.options)
-        response = send(self.client, self._request("POST", "/api/v1/generate", json=body), paid=True)
+        response = self._send(self._request("POST", "/api/v1/generate", json=body), paid=True)
         payload = _checked(response, paid=True)
         task_id = payload.get("task_id") if isinstance(payload, dict) else None
         if not isinstance(task_id, str) or not task_id:
@@ -107,7 +106,7 @@ class Girlgenerator(Provider):
 
     def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         [task_id] = task_ids
-        response = send(self.client, self._request("GET", f"/api/v1/tasks/{task_id}"), paid=False)
+        response = self._send(self._request("GET", f"/api/v1/tasks/{task_id}"), paid=False)
         if response.status_code == 404 and _documented(response) is not None:
             # Missing, or another key's: polling again will never find it.
             return {task_id: TaskFailed(_message(response, json_body(response)))}

@@ -53,7 +53,6 @@ from workers.providers.base import (
     failed_answer,
     json_body,
     retry_after,
-    send,
     unreadable,
 )
 
@@ -125,7 +124,7 @@ class Qtpixel(Provider):
         return self._batch(body | spec.options)
 
     def _single(self, body: dict[str, Any]) -> Started:
-        response = send(self.client, self._request("POST", "/api/v1/generate", json=body), paid=True)
+        response = self._send(self._request("POST", "/api/v1/generate", json=body), paid=True)
         payload = self._check(response, paid=True)
         if isinstance(payload, dict) and payload.get("status") == "duplicates_found":
             raise InvalidRequest("qtpixel: found similar earlier works and started nothing; send force: true")
@@ -135,7 +134,7 @@ class Qtpixel(Provider):
         return Started((str(task_id),))
 
     def _batch(self, body: dict[str, Any]) -> Started:
-        response = send(self.client, self._request("POST", "/api/v1/batch-generate", json=body), paid=True)
+        response = self._send(self._request("POST", "/api/v1/batch-generate", json=body), paid=True)
         payload = self._check(response, paid=True)
         batch_id = payload.get("batch_id") if isinstance(payload, dict) else None
         task_ids = payload.get("task_ids") if isinstance(payload, dict) else None
@@ -165,7 +164,7 @@ class Qtpixel(Provider):
         ]
         found = []
         for batch in batches[::-1]:
-            response = send(self.client, self._request("GET", f"/api/v1/batch/{batch['id']}"), paid=False)
+            response = self._send(self._request("GET", f"/api/v1/batch/{batch['id']}"), paid=False)
             tasks = self._check(response, paid=False).get("tasks")
             if not isinstance(tasks, list):
                 raise Unreadable("qtpixel: a batch answer without its tasks")
@@ -178,7 +177,7 @@ class Qtpixel(Provider):
         """Items of a paged list, newest first, until one older than ``since`` or ``SEARCH_PAGES``."""
         items: list[dict[str, Any]] = []
         for page in range(1, SEARCH_PAGES + 1):
-            response = send(self.client, self._request("GET", path, params={"page": page}), paid=False)
+            response = self._send(self._request("GET", path, params={"page": page}), paid=False)
             listed = self._check(response, paid=False).get(key)
             if not isinstance(listed, list):
                 raise Unreadable(f"qtpixel: a {path} answer without its {key}")
@@ -199,14 +198,14 @@ class Qtpixel(Provider):
         return {task_id: found[task_id] for task_id in task_ids}
 
     def _poll_single(self, task_id: str) -> TaskStatus:
-        response = send(self.client, self._request("GET", f"/api/v1/task/{task_id}"), paid=False)
+        response = self._send(self._request("GET", f"/api/v1/task/{task_id}"), paid=False)
         if response.status_code == 404 and _documented(response) is not None:
             return TaskFailed(f"qtpixel: task {task_id} is gone (deleted, or another key's)")
         return self._status(self._check(response, paid=False))
 
     def _poll_batch(self, group: str, task_ids: list[str]) -> dict[str, TaskStatus]:
         batch_id = group.removeprefix(BATCH_PREFIX)
-        response = send(self.client, self._request("GET", f"/api/v1/batch/{batch_id}"), paid=False)
+        response = self._send(self._request("GET", f"/api/v1/batch/{batch_id}"), paid=False)
         if response.status_code == 404 and _documented(response) is not None:
             return {task_id: TaskFailed(f"qtpixel: batch {batch_id} is gone") for task_id in task_ids}
         payload = self._check(response, paid=False)

@@ -36,7 +36,6 @@ from workers.providers.base import (
     failed_answer,
     json_body,
     retry_after,
-    send,
 )
 
 DEFAULT_TIMEOUT = 300.0
@@ -102,7 +101,7 @@ class Talecraft(Provider):
             json=body,
             timeout=timeout,
         )
-        return _finished(send(self.client, request, paid=True))
+        return _finished(self._send(request, paid=True))
 
     def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         """Sends nothing: TaleCraft has no task to ask about, the picture came with the submit.
