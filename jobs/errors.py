@@ -1,12 +1,28 @@
-"""The errors genq raises about its own input and configuration.
+"""Every exception genq raises, in one tree (the bottom floor: every package may use it).
 
     GenqError
-     ├── BatchFileError      a batch file is refused; carries every problem (file, line, field)
-     ├── ConfigError         accounts.yaml or a setting is wrong
-     ├── StorageError        the object store refused a read or a write
-     └── NotFound            a batch or job id that does not exist
+     ├── BatchFileError        a batch file is refused; carries every problem (file, line, field)
+     ├── ConfigError           accounts.yaml or a setting is wrong
+     ├── StorageError          the object store refused a read or a write
+     ├── NotFound              a batch or job id that does not exist
+     ├── PictureRefused        a picture that is not taken (``final`` when fetching it again cannot help)
+     ├── WorkerDied            the worker a command started stopped under it
+     ├── IllegalTransition     a move the job state machine does not have: a bug, never an input error
+     └── ProviderError         a provider answer that is not a result; the message never carries a key
+          ├── RateLimited(retry_after)   wait, then send again; the account pauses for the fleet
+          ├── BadCredentials             the key is wrong or revoked
+          ├── OutOfCredits               the account cannot pay
+          ├── InvalidRequest             the provider will never take this request as it is
+          ├── Refused                    the content was refused; final
+          ├── Transient                  nothing was started; a retry can help
+          ├── Unreadable                 an answer to an unpaid call (a poll) that cannot be read
+          ├── AnswerLost                 the request may have been taken and paid for; no answer came
+          └── AnswerTooLarge             an answer past the cap, never read whole
 
-Provider outcomes are not errors of this tree; see ``workers.providers.base``.
+What each provider outcome leads to is decided by tables keyed by class (``workers.submission``,
+``workers.polling``), looked up through the class's MRO. Foreign errors are translated at one
+boundary each: httpx's in ``workers.providers.base.send`` and ``workers.collect``, obstore's in
+``jobs.storage``.
 """
 
 from __future__ import annotations
@@ -50,3 +66,63 @@ class StorageError(GenqError):
 
 class NotFound(GenqError):
     """A batch or job that is not in the database."""
+
+
+class PictureRefused(GenqError):
+    """A picture that cannot be taken; ``final`` when downloading it again cannot help."""
+
+    def __init__(self, message: str, *, final: bool) -> None:
+        super().__init__(message)
+        self.final = final
+
+
+class WorkerDied(GenqError):
+    """The worker process a command started is gone while its batch runs."""
+
+
+class IllegalTransition(GenqError):
+    """A move the state machine does not have; a bug in the caller, never an input error."""
+
+
+class ProviderError(GenqError):
+    """A provider answer that is not a result; the message never carries the key."""
+
+
+class RateLimited(ProviderError):
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+        """Seconds to wait before this key sends again."""
+
+
+class BadCredentials(ProviderError):
+    pass
+
+
+class OutOfCredits(ProviderError):
+    pass
+
+
+class InvalidRequest(ProviderError):
+    pass
+
+
+class Refused(ProviderError):
+    pass
+
+
+class Transient(ProviderError):
+    pass
+
+
+class Unreadable(ProviderError):
+    """An answer to an unpaid call (a poll) that cannot be read: asked again a few times, not forever."""
+
+
+class AnswerLost(ProviderError):
+    pass
+
+
+class AnswerTooLarge(ProviderError):
+    """An answer past ``max_answer_bytes``: for a submit, lost (the job may have been taken); a poll
+    that answers so is never read, and its tasks fail."""

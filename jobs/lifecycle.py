@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import Session, col
 
+from jobs.errors import IllegalTransition
 from jobs.models import Job, utcnow
 from jobs.states import BatchState, JobState, TaskState, UncertainPolicy
 
@@ -41,10 +42,6 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
     JobState.FAILED: frozenset(),
     JobState.CANCELED: frozenset(),
 }
-
-
-class IllegalTransition(ValueError):
-    """A move the state machine does not have; a bug in the caller, never an input error."""
 
 
 def move(session: Session, job_id: int, source: JobState, target: JobState, **values: Any) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__all__ = ["WorkerDied", "follow"]
+
 import time
 from collections.abc import Callable
 
@@ -9,12 +11,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from sqlalchemy import Engine
 
+from jobs.errors import WorkerDied
 from jobs.lifecycle import JobState
 from jobs.status import BatchStatus, batch_status
-
-
-class WorkerDied(RuntimeError):
-    """The worker process of the run exited while the batch was still running."""
 
 
 def follow(

@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     """The largest provider answer (after decoding) genq reads; past it a submit's answer is lost
     and a poll's tasks fail, and no more of it is read."""
 
+    max_image_pixels: int = 64_000_000
+    """The most pixels a picture may have; a larger one (or a decompression bomb) is refused
+    before it is decoded."""
+
     max_image_bytes: int = 50 * 1024 * 1024
     """The largest image genq downloads; a larger answer is refused."""
 

@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import io
+import warnings
 from dataclasses import dataclass
 
 import httpx
@@ -20,19 +21,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
+from jobs.errors import PictureRefused
 from jobs.lifecycle import JobState, TaskState, move
 from jobs.models import Asset, Batch, Job, ProviderTask, utcnow
 from jobs.storage import batch_folder
 from workers.liveness import holder_id
 from workers.runtime import Runtime
-
-
-class CollectError(Exception):
-    """A picture that cannot be taken; ``final`` when downloading it again cannot help."""
-
-    def __init__(self, message: str, *, final: bool) -> None:
-        super().__init__(message)
-        self.final = final
 
 
 @dataclass(frozen=True)
@@ -43,6 +37,9 @@ class Picture:
     content_type: str
     extension: str
 
+
+DEFAULT_MAX_PIXELS = 64_000_000
+"""Pixels a picture may have (``GENQ_MAX_IMAGE_PIXELS``), below Pillow's own bomb guard."""
 
 _TYPES = {"PNG": ("image/png", "png"), "JPEG": ("image/jpeg", "jpg"), "WEBP": ("image/webp", "webp")}
 
@@ -72,7 +69,7 @@ def collect_job(runtime: Runtime, job_id: int) -> bool:
     for index, url in enumerate(urls):
         if index in done:
             continue
-        picture = check_picture(download(runtime, url))
+        picture = check_picture(download(runtime, url), max_pixels=runtime.settings.max_image_pixels)
         key = asset_key(batch, job, index, len(urls), picture.extension)
         runtime.storage.put(key, picture.data)
         _record(runtime, job_id, index, key, picture)
@@ -103,32 +100,44 @@ def download(runtime: Runtime, url: str) -> bytes:
     try:
         with runtime.http.stream("GET", url) as response:
             if response.status_code in (403, 404, 410):
-                raise CollectError(f"image {url} answered {response.status_code}", final=True)
+                raise PictureRefused(f"image {url} answered {response.status_code}", final=True)
             if not response.is_success:
-                raise CollectError(f"image {url} answered {response.status_code}", final=False)
+                raise PictureRefused(f"image {url} answered {response.status_code}", final=False)
             declared = int(response.headers.get("content-length") or 0)
             if declared > limit:
-                raise CollectError(f"image {url} is {declared} bytes, over the {limit} byte limit", final=True)
+                raise PictureRefused(f"image {url} is {declared} bytes, over the {limit} byte limit", final=True)
             body = bytearray()
             for chunk in response.iter_bytes():
                 body += chunk
                 if len(body) > limit:
-                    raise CollectError(f"image {url} is over the {limit} byte limit", final=True)
+                    raise PictureRefused(f"image {url} is over the {limit} byte limit", final=True)
             return bytes(body)
-    except httpx.TransportError as error:
-        raise CollectError(f"image {url} could not be downloaded: {type(error).__name__}", final=False) from None
+    except httpx.RequestError as error:  # every httpx failure of a request, DecodingError included
+        raise PictureRefused(f"image {url} could not be downloaded: {type(error).__name__}", final=False) from None
 
 
-def check_picture(data: bytes) -> Picture:
+def check_picture(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
+    """The picture, proven readable; its size is checked from the header before anything is decoded,
+    so a small file that would unpack to gigabytes (a decompression bomb) is refused unread."""
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.verify()
-        with Image.open(io.BytesIO(data)) as image:
-            width, height, kind = image.width, image.height, image.format
+        with warnings.catch_warnings():
+            # Below Pillow's refusal its warning is only noise: the pixel cap below is lower.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height, kind = image.width, image.height, image.format
+                if width * height > max_pixels:
+                    raise PictureRefused(
+                        f"a picture of {width}x{height} ({width * height / 1e6:.0f} MP), over the "
+                        f"{max_pixels / 1e6:.0f} MP limit",
+                        final=True,
+                    )
+                image.verify()
+    except Image.DecompressionBombError as error:
+        raise PictureRefused(f"a decompression bomb: {error}", final=True) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise CollectError(f"not a readable image ({len(data)} bytes): {error}", final=True) from None
+        raise PictureRefused(f"not a readable image ({len(data)} bytes): {error}", final=True) from None
     if kind not in _TYPES:
-        raise CollectError(f"an image of type {kind}, not PNG, JPEG or WebP", final=True)
+        raise PictureRefused(f"an image of type {kind}, not PNG, JPEG or WebP", final=True)
     content_type, extension = _TYPES[kind]
     return Picture(data, width, height, content_type, extension)
 
@@ -156,10 +165,10 @@ def _inline(url: str, limit: int) -> bytes:
     """The bytes of a ``data:`` URL, as a provider sends a picture inline."""
     header, _, payload = url.partition(",")
     if not header.endswith(";base64"):
-        raise CollectError("an inline image is not base64", final=True)
+        raise PictureRefused("an inline image is not base64", final=True)
     if len(payload) * 3 // 4 > limit:
-        raise CollectError(f"an inline image is over the {limit} byte limit", final=True)
+        raise PictureRefused(f"an inline image is over the {limit} byte limit", final=True)
     try:
         return base64.b64decode(payload, validate=True)
     except binascii.Error:
-        raise CollectError("an inline image is not valid base64", final=True) from None
+        raise PictureRefused("an inline image is not valid base64", final=True) from None

@@ -25,6 +25,7 @@ from jobs.spec import JobSpec
 from workers.liveness import holder_id
 from workers.providers.base import (
     AnswerLost,
+    AnswerTooLarge,
     BadCredentials,
     Finished,
     InvalidRequest,
@@ -35,6 +36,7 @@ from workers.providers.base import (
     Started,
     Submitted,
     Transient,
+    Unreadable,
     decide,
 )
 from workers.runtime import Runtime
@@ -58,6 +60,8 @@ NEXT_STEP: dict[type[ProviderError], NextStep] = {
     RateLimited: NextStep.WAIT,
     Transient: NextStep.RETRY,
     AnswerLost: NextStep.UNCERTAIN,
+    AnswerTooLarge: NextStep.UNCERTAIN,
+    Unreadable: NextStep.RETRY,
     InvalidRequest: NextStep.FAIL,
     Refused: NextStep.FAIL,
     BadCredentials: NextStep.ROTATE,

@@ -11,9 +11,10 @@ from celery import Task
 from celery.signals import worker_init
 
 from jobs.db import make_engine, migrate
+from jobs.errors import PictureRefused, StorageError
 from jobs.settings import Settings
 from workers.app import MAX_COUNTDOWN, app
-from workers.collect import CollectError, collect_job, fail_collect
+from workers.collect import collect_job, fail_collect
 from workers.dispatch import dispatch
 from workers.finish import job_ended
 from workers.liveness import Heartbeat
@@ -98,8 +99,14 @@ def poll_task(self: GenqTask, provider_task_ids: Sequence[int]) -> None:
 def collect_task(self: GenqTask, job_id: int) -> None:
     try:
         collect_job(self.runtime, job_id)
-    except CollectError as error:
+    except PictureRefused as error:
         if error.final or self.request.retries >= COLLECT_RETRIES:
+            fail_collect(self.runtime, job_id, str(error))
+        else:
+            raise self.retry(countdown=min(2**self.request.retries, MAX_COUNTDOWN)) from None
+    except StorageError as error:
+        # The store refused a write: tried again, then the job fails with why (never left collecting).
+        if self.request.retries >= COLLECT_RETRIES:
             fail_collect(self.runtime, job_id, str(error))
         else:
             raise self.retry(countdown=min(2**self.request.retries, MAX_COUNTDOWN)) from None

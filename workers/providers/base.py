@@ -5,16 +5,7 @@ few outcomes. Before anything is sent, ``check`` says what of a job the provider
 file is refused at load rather than paid for and failed. Submits answer ``Started`` (provider task
 ids to poll) or, for a synchronous provider, ``Finished``; polls answer a status per provider task.
 
-    ProviderError
-     ├── RateLimited(retry_after)   wait, then send again; the account pauses for the whole fleet
-     ├── BadCredentials             the key is wrong or revoked
-     ├── OutOfCredits               the account cannot pay
-     ├── InvalidRequest             the provider will never take this request as it is
-     ├── Refused                    the content was refused; final
-     ├── Transient                  nothing was started; a retry can help
-     │    └── Unreadable            an answer to an unpaid call that cannot be read
-     └── AnswerLost                 the request may have been taken and paid for, but no answer came
-          └── AnswerTooLarge        an answer past the cap: never read whole
+The outcomes are the ``ProviderError`` branch of the one tree in ``jobs.errors``.
 
 Foreign errors (httpx's) are translated here, at one boundary, by ``send``. What a failed answer
 means is decided here too, by ``failed_answer``, one rule for every adapter: only the provider's own
@@ -35,51 +26,25 @@ from typing import Any, ClassVar, TypeVar
 import httpx
 
 from jobs.accounts import Account
+from jobs.errors import (
+    AnswerLost,
+    AnswerTooLarge,
+    BadCredentials,
+    InvalidRequest,
+    OutOfCredits,
+    ProviderError,
+    RateLimited,
+    Refused,
+    Transient,
+    Unreadable,
+)
 from jobs.spec import JobSpec
 
-
-class ProviderError(Exception):
-    """A provider answer that is not a result; the message never carries the key."""
-
-
-class RateLimited(ProviderError):
-    def __init__(self, message: str, retry_after: float) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-        """Seconds to wait before this key sends again."""
-
-
-class BadCredentials(ProviderError):
-    pass
-
-
-class OutOfCredits(ProviderError):
-    pass
-
-
-class InvalidRequest(ProviderError):
-    pass
-
-
-class Refused(ProviderError):
-    pass
-
-
-class Transient(ProviderError):
-    pass
-
-
-class Unreadable(Transient):
-    """An answer to an unpaid call (a poll) that cannot be read: asked again a few times, not forever."""
-
-
-class AnswerLost(ProviderError):
-    pass
-
-
-class AnswerTooLarge(AnswerLost):
-    """An answer past ``max_answer_bytes``: for a submit, lost (the job may have been taken); a poll
-    that answers so is never read, and its tasks fail."""
+__all__ = [
+    "AnswerLost", "AnswerTooLarge", "BadCredentials", "InvalidRequest", "OutOfCredits", "ProviderError",
+    "RateLimited", "Refused", "Transient", "Unreadable",
+]  # fmt: skip
+"""The provider outcomes live in ``jobs.errors`` with the rest of the tree; adapters import them here."""
 
 
 Decision = TypeVar("Decision")
