@@ -16,6 +16,7 @@ an account no longer configured, whatever the polls say.
 
 from __future__ import annotations
 
+import logging
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -62,6 +63,9 @@ moment it frees (the longest the broker holds a message back). A longer wait (a 
 a refused key) lives in the database, and the sweep sends the poll when it is over."""
 SWEEP_LIMIT = 2_000
 """The most provider tasks one sweep sends; the next sweep takes the rest."""
+
+
+log = logging.getLogger(__name__)
 
 
 class PollStep(Enum):
@@ -204,6 +208,10 @@ def _after_poll_error(
     runtime: Runtime, account_name: str, tasks: Sequence[ProviderTask], error: ProviderError, result: PollResult
 ) -> None:
     step = poll_step(error)
+    wait = f"; Retry-After {error.retry_after:g} s" if isinstance(error, RateLimited) else ""
+    log.warning("poll of %d task(s) of job(s) %s on %s: %s (%s%s): %s", len(tasks),
+                ",".join(str(t.job_id) for t in tasks), account_name, type(error).__name__, step.value, wait,
+                error)  # fmt: skip
     if step is PollStep.WAIT:
         assert isinstance(error, RateLimited)
         runtime.limiter.pause(account_name, error.retry_after, "rate limited by the provider (429)")

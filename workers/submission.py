@@ -10,6 +10,7 @@ frees. What happens after a failed call is decided by ``next_step``, keyed by th
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -40,6 +41,8 @@ from workers.providers.base import (
     decide,
 )
 from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 class NextStep(Enum):
@@ -197,6 +200,9 @@ def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | No
     assert job.id is not None and job.account is not None
     step = next_step(error)
     reason = f"{job.account}: {error}"
+    wait = f"; Retry-After {error.retry_after:g} s" if isinstance(error, RateLimited) else ""
+    log.warning("submit of job %s on %s: %s (%s%s): %s", job.id, job.account, type(error).__name__,
+                step.value, wait, error)  # fmt: skip
     released: dict[str, Any] = {"holder": None, "lease_until": None, "error": reason}
     with session_scope(runtime.engine) as session:
         if step is NextStep.WAIT:
