@@ -90,8 +90,9 @@ def _redis_text(url: str) -> str:
     found = []
     for key in client.scan_iter():
         kind = client.type(key).decode()
-        value = {"string": client.get, "list": lambda k: client.lrange(k, 0, -1), "hash": client.hgetall,
-                 "zset": lambda k: client.zrange(k, 0, -1), "set": client.smembers}.get(kind, lambda k: b"")(key)  # fmt: skip
+        readers = {"string": client.get, "list": lambda k: client.lrange(k, 0, -1), "hash": client.hgetall,
+                   "zset": lambda k: client.zrange(k, 0, -1), "set": client.smembers}  # fmt: skip
+        value = readers.get(kind, lambda k: b"")(key)
         found.append(f"{key!r} {value!r}")
     return "\n".join(found)
 
