@@ -64,7 +64,8 @@ def _checked_batch(path: Path, settings: Settings, *, require_keys: bool = True)
     from workers.providers import batch_problems
 
     spec = load_batch(path, display_name=str(path))
-    problems = batch_problems(spec, load_accounts(settings.accounts, require_keys=require_keys))
+    accounts = load_accounts(settings.accounts, require_keys=require_keys)
+    problems = batch_problems(spec, accounts, trusted=settings.trusted())
     if problems:
         raise BatchFileError(problems)
     return spec

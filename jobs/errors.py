@@ -8,6 +8,8 @@
      ├── PictureRefused        a picture that is not taken (``final`` when fetching it again cannot help)
      ├── WorkerDied            the worker a command started stopped under it
      ├── IllegalTransition     a move the job state machine does not have: a bug, never an input error
+     ├── DestinationRefused    a URL genq will not fetch (not http(s), a private address...)
+     │    └── NameNotResolved  a host that resolves to no address
      └── ProviderError         a provider answer that is not a result; the message never carries a key
           ├── RateLimited(retry_after)   wait, then send again; the account pauses for the fleet
           ├── BadCredentials             the key is wrong or revoked
@@ -82,6 +84,26 @@ class WorkerDied(GenqError):
 
 class IllegalTransition(GenqError):
     """A move the state machine does not have; a bug in the caller, never an input error."""
+
+
+class DestinationRefused(GenqError):
+    """A URL genq will not fetch, refused before any connection was made.
+
+    Final: fetching it again is refused again. The message names the URL's host and why (never its
+    path, query or user info, which may carry a signature or a password). It is not an httpx error,
+    so it passes through ``client.send`` as it is; whoever sends must treat it as final, not as a
+    lost answer or a failed connection.
+    """
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"{host} {reason}" if host else reason)
+        self.host = host
+        self.reason = reason
+
+
+class NameNotResolved(DestinationRefused):
+    """A host that resolves to no address. The transport reports it as ``httpx.ConnectError`` (a DNS
+    failure may pass); ``check_url`` refuses it, as a batch file's reference must resolve."""
 
 
 class ProviderError(GenqError):

@@ -148,7 +148,7 @@ def _checked(path: Path, settings: Settings) -> BatchSpec:
     from workers.providers import batch_problems
 
     spec = load_batch(path, display_name=path.name)
-    problems = batch_problems(spec, load_accounts(settings.accounts))
+    problems = batch_problems(spec, load_accounts(settings.accounts), trusted=settings.trusted())
     if problems:
         raise BatchFileError(problems)
     return spec

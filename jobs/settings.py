@@ -103,6 +103,14 @@ class Settings(BaseSettings):
     max_image_bytes: int = 50 * 1024 * 1024
     """The largest image genq downloads; a larger answer is refused."""
 
+    trusted_hosts: str = ""
+    """``host:port`` entries, comma-separated, that genq may fetch from although they resolve to a
+    private or loopback address (an internal image store, a proxy); each account's own ``base_url``
+    is always allowed."""
+
+    def trusted(self) -> list[str]:
+        return [entry.strip() for entry in self.trusted_hosts.split(",") if entry.strip()]
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url

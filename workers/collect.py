@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
-from jobs.errors import PictureRefused
+from jobs.errors import DestinationRefused, PictureRefused
 from jobs.lifecycle import JobState, TaskState, move
 from jobs.models import Asset, Batch, Job, ProviderTask, utcnow
 from jobs.storage import batch_folder
@@ -98,7 +98,8 @@ def download(runtime: Runtime, url: str) -> bytes:
     if url.startswith("data:"):
         return _inline(url, limit)
     try:
-        with runtime.http.stream("GET", url) as response:
+        # Redirects are followed (a CDN's 302), each hop checked by the guard like the first.
+        with runtime.http.stream("GET", url, follow_redirects=True) as response:
             if response.status_code in (403, 404, 410):
                 raise PictureRefused(f"image {url} answered {response.status_code}", final=True)
             if not response.is_success:
@@ -112,6 +113,8 @@ def download(runtime: Runtime, url: str) -> bytes:
                 if len(body) > limit:
                     raise PictureRefused(f"image {url} is over the {limit} byte limit", final=True)
             return bytes(body)
+    except DestinationRefused as error:
+        raise PictureRefused(f"image URL refused: {error}", final=True) from None
     except httpx.RequestError as error:  # every httpx failure of a request, DecodingError included
         raise PictureRefused(f"image {url} could not be downloaded: {type(error).__name__}", final=False) from None
 

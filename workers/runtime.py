@@ -18,7 +18,8 @@ from jobs.db import make_engine
 from jobs.redisserver import client_url
 from jobs.settings import Settings
 from jobs.storage import Storage
-from workers.providers import provider_for
+from workers.guard import GuardedTransport
+from workers.providers import address_policy, provider_for
 from workers.providers.base import Provider
 from workers.ratelimit import RateLimiter
 from workers.timing import CompletionTimes
@@ -58,9 +59,11 @@ class Runtime:
 
     @cached_property
     def http(self) -> httpx.Client:
+        # Every request goes out through the guard: public addresses, the accounts' own and the trusted.
+        policy = address_policy(self.accounts, self.settings.trusted())
         return httpx.Client(
+            transport=GuardedTransport(policy, limits=httpx.Limits(max_connections=50, max_keepalive_connections=20)),
             timeout=httpx.Timeout(self.settings.http_timeout, connect=10.0),
-            limits=httpx.Limits(max_connections=50, max_keepalive_connections=20),
             follow_redirects=False,
         )
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import httpx
 
 from jobs.accounts import Account, routing_problems
 from jobs.errors import Problem
 from jobs.spec import BatchSpec
+from workers.guard import AddressPolicy, DestinationRefused, check_url
 from workers.providers.base import Provider
 from workers.providers.cloudsway import Cloudsway
 from workers.providers.gencraft import Gencraft
@@ -42,7 +43,34 @@ def capability_problems(spec: BatchSpec) -> list[Problem]:
     return problems
 
 
-def batch_problems(spec: BatchSpec, accounts: Mapping[str, Account]) -> list[Problem]:
-    """Every row that cannot be sent: no account to serve it, or a provider that cannot do it as asked."""
+def batch_problems(
+    spec: BatchSpec, accounts: Mapping[str, Account], *, trusted: Sequence[str] = ()
+) -> list[Problem]:
+    """Every row that cannot be sent: no account to serve it, a provider that cannot do it as asked,
+    or a reference URL genq would not fetch (``trusted``: ``GENQ_TRUSTED_HOSTS``)."""
     problems = routing_problems(spec, accounts, ADAPTERS) + capability_problems(spec)
+    problems += reference_problems(spec, address_policy(accounts, trusted))
     return sorted(problems, key=lambda problem: problem.line or 0)
+
+
+def address_policy(accounts: Mapping[str, Account], trusted: Sequence[str] = ()) -> AddressPolicy:
+    """Where genq may fetch from: public addresses, and each account's own host:port and ``trusted``."""
+    return AddressPolicy(base_urls=[account.base_url for account in accounts.values()], trusted=trusted)
+
+
+def reference_problems(spec: BatchSpec, policy: AddressPolicy) -> list[Problem]:
+    """Reference URLs refused at load, by the rule every fetch follows: the provider fetches them on
+    our word (gencraft's upload), and a private address in one is a request into our network."""
+    problems = []
+    verdicts: dict[str, str | None] = {}
+    for job, line in zip(spec.jobs, spec.lines, strict=True):
+        for url in job.references:
+            if url not in verdicts:
+                try:
+                    check_url(url, policy)
+                    verdicts[url] = None
+                except DestinationRefused as error:
+                    verdicts[url] = str(error)
+            if verdicts[url] is not None:
+                problems.append(Problem(spec.source, line, "references", f"{url!r} is refused: {verdicts[url]}"))
+    return problems

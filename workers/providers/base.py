@@ -30,6 +30,7 @@ from jobs.errors import (
     AnswerLost,
     AnswerTooLarge,
     BadCredentials,
+    DestinationRefused,
     InvalidRequest,
     OutOfCredits,
     ProviderError,
@@ -228,6 +229,8 @@ def send(
             body = _read_capped(response, cap)
         finally:
             response.close()
+    except DestinationRefused as error:
+        raise InvalidRequest(f"refused to connect: {error}") from None
     except NOT_SENT as error:
         raise Transient(f"could not connect to {request.url.host}: {type(error).__name__}") from None
     except httpx.RequestError as error:
