@@ -45,6 +45,7 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_batch_state", "batch_id", "state"),
         Index("ix_jobs_batch_pending", "batch_id", "state", "provider", "id"),
         Index("ix_jobs_state_updated", "state", "updated_at"),
+        Index("uq_jobs_account_adopted", "account", "adopted", unique=True),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -75,6 +76,8 @@ class Job(SQLModel, table=True):
     """Submits of this job whose answer was lost."""
     adopted: str | None = None
     """The provider's id of a lost submit found at the provider and taken as this job's."""
+    rotations: int = 0
+    """Times an account refused it for its key or its balance, and it went back for another."""
     resubmits: int = 0
     """Times it was sent again after a lost answer, under ``on_uncertain: resubmit``."""
     created_at: datetime = Field(default_factory=utcnow)

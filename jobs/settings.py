@@ -84,6 +84,10 @@ class Settings(BaseSettings):
     """Seconds an account stays out of rotation after its key was refused or its balance ran out;
     then one job tries it again."""
 
+    max_rotations: int = 4
+    """Times one job may be refused by an account's key or balance before it fails with why: a key
+    revoked for good, with no other account to take its jobs, must not keep a batch open forever."""
+
     submit_attempts: int = 3
     """How often a job is sent after a transient failure before it fails."""
 

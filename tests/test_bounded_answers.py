@@ -12,8 +12,9 @@ import pytest
 from jobs.accounts import Account
 from jobs.spec import JobSpec
 from tests.rawhttp import RawServer, answer
-from workers.providers.base import AnswerLost, AnswerTooLarge, InvalidRequest, send
+from workers.providers.base import AnswerTooLarge, InvalidRequest, send
 from workers.providers.gencraft import Gencraft
+from workers.submission import NextStep, next_step
 
 KEY = "sk-echoed-secret-0123456789"
 CAP = 64 * 1024
@@ -49,7 +50,7 @@ def test_an_answer_past_the_cap_is_a_lost_submit_and_a_failed_poll(raw: bytes):
             adapter.submit(JobSpec(prompt="a lamp", provider="gencraft"))
         with pytest.raises(AnswerTooLarge):
             adapter.poll(["task_1", "task_2"])
-    assert isinstance(submitted.value, AnswerLost) and "more than 65536 bytes" in str(submitted.value)
+    assert next_step(submitted.value) is NextStep.UNCERTAIN and "more than 65536 bytes" in str(submitted.value)
 
 
 def test_a_gzipped_answer_under_the_cap_is_read_decoded():

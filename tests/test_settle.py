@@ -149,12 +149,12 @@ def test_a_lost_submit_not_found_at_the_provider_fails_once_the_search_is_over(
     monkeypatch.setenv("GENQ_TEST_SETTLE_KEY", KEY)
     sandbox_server.reset()
     runtime = runtime_for(tmp_path, sandbox_server, "gencraft", database_url, clean_redis, settle_for=0.5,
-                          http_timeout=0.5, lease_margin=0.1)  # searched until 1.1 s after it was sent  # fmt: skip
+                          http_timeout=0.5, lease_margin=0.1)  # searched until 2.1 s after it was sent  # fmt: skip
     job_id = lost_job(runtime, sandbox_server, JobSpec(prompt="a harbour at dusk", provider="gencraft"))
     sandbox_server.reset()  # the provider forgot it: nothing to find
 
     assert settle(runtime, job_id).settled is Settled.WAITING
-    time.sleep(1.2)
+    time.sleep(2.2)
     assert settle(runtime, job_id).settled is Settled.FAILED
 
     with Session(runtime.engine) as session:
@@ -186,4 +186,22 @@ def test_where_the_provider_cannot_tell_the_policy_fails_the_job_or_sends_it_aga
     assert events(runtime, resent) == ["answer lost", "resubmitted"]
     repeats = sandbox_server.stats()["repeated_submissions"]
     assert [item["prompt"] for item in repeats["items"]] == ["a portrait in ink"]  # paid twice, as the batch asked
+    runtime.close()
+
+
+def test_two_lost_submits_of_one_prompt_each_adopt_their_own(
+    tmp_path, engine, database_url, clean_redis, sandbox_server, monkeypatch
+):
+    monkeypatch.setenv("GENQ_TEST_SETTLE_KEY", KEY)
+    sandbox_server.reset()
+    runtime = runtime_for(tmp_path, sandbox_server, "qtpixel", database_url, clean_redis)
+    twins = [lost_job(runtime, sandbox_server, JobSpec(prompt="a pixel-art coin", provider="qtpixel"))
+             for _ in range(2)]  # fmt: skip
+
+    assert [settle(runtime, job_id).settled for job_id in twins] == [Settled.ADOPTED, Settled.ADOPTED]
+
+    with Session(runtime.engine) as session:
+        adopted = [session.get(Job, job_id).adopted for job_id in twins]
+    assert len(set(adopted)) == 2
+    assert [run_to_the_end(runtime, job_id) for job_id in twins] == ["succeeded", "succeeded"]
     runtime.close()

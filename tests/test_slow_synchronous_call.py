@@ -18,7 +18,7 @@ from tests.test_pipeline import wait_final
 from workers.app import make_app
 
 SLOW = 4.0
-"""Seconds the picture takes: twice ``stale_after`` and eight reconciler passes."""
+"""Seconds the picture takes: twice ``stale_after``, longer than a shared lease, eight reconciler passes."""
 
 
 def test_a_call_longer_than_stale_after_still_ends_with_its_picture(
@@ -30,7 +30,10 @@ def test_a_call_longer_than_stale_after_still_ends_with_its_picture(
     account["options"] = {"timeout": "30"}
     accounts = tmp_path / "talecraft-accounts.yaml"
     accounts.write_text(yaml.safe_dump({"accounts": [account]}))
-    genq_env.update({"GENQ_ACCOUNTS": str(accounts), "GENQ_STALE_AFTER": "2", "GENQ_RECONCILE_INTERVAL": "0.5"})
+    # The shared lease (1 s each to connect, write and read) is shorter than the picture: only the
+    # call's own time-out, which its lease follows, keeps the reconciler off it.
+    genq_env.update({"GENQ_ACCOUNTS": str(accounts), "GENQ_STALE_AFTER": "2", "GENQ_RECONCILE_INTERVAL": "0.5",
+                     "GENQ_HTTP_TIMEOUT": "1", "GENQ_LEASE_MARGIN": "0"})  # fmt: skip
     source = tmp_path / "story.yaml"
     source.write_text("jobs:\n  - {name: page-1, prompt: a fox reading by candlelight, provider: talecraft}\n")
     settings = settings_from(genq_env)

@@ -26,13 +26,16 @@ HEARTBEAT_EVERY = 3.0
 """Seconds between refreshes: a process must miss several in a row to be taken for dead."""
 
 log = logging.getLogger(__name__)
-_started = int(time.time() * 1000)
+_holders: dict[int, str] = {}
 
 
 def holder_id() -> str:
-    """This process, as jobs name their holder: host, pid and the moment the module was loaded
-    (a recycled pid is another holder). A forked child computes its own pid."""
-    return f"{socket.gethostname()}:{os.getpid()}:{_started}"
+    """This process, as jobs name their holder: host, pid, and the moment this pid first asked
+    (a forked child asks for itself, so a recycled pid is another holder)."""
+    pid = os.getpid()
+    if pid not in _holders:
+        _holders[pid] = f"{socket.gethostname()}:{pid}:{int(time.time() * 1000)}"
+    return _holders[pid]
 
 
 class Heartbeat:

@@ -94,6 +94,8 @@ def _touch(
     """The jobs of ``state`` matching ``stale``, marked as looked at now (so the next pass leaves
     them alone while their new wake-up is on its way), with a new ``lease`` where one is given."""
     values: dict[str, object] = {"updated_at": now}
+    if state is JobState.COLLECTING:
+        values["holder"] = None  # a dead holder's job is sent once, not on every pass until it starts
     if lease is not None:
         values["lease_until"] = lease
     touched = session.execute(
@@ -128,10 +130,8 @@ def _finish_running(runtime: Runtime, found: Reconciled) -> None:
         col(ProviderTask.job_id) == col(Job.id), col(ProviderTask.state) == TaskState.RUNNING.value
     )
     with session_scope(runtime.engine) as session:
-        rows = session.exec(
-            select(Job.id, Job.account).where(col(Job.state) == JobState.RUNNING.value, ended).limit(500)
-        ).all()
-        for job_id, _ in rows:
+        rows = session.exec(select(Job.id).where(col(Job.state) == JobState.RUNNING.value, ended).limit(500)).all()
+        for job_id in rows:
             if job_id is None:
                 continue
             moved_to = after_tasks(session, job_id)
@@ -153,5 +153,20 @@ def _finish_running(runtime: Runtime, found: Reconciled) -> None:
                 .where(col(ProviderTask.job_id) == job_id, col(ProviderTask.state) == TaskState.RUNNING.value)
                 .values(state=TaskState.FAILED.value, error=reason, finished_at=utcnow())
             )
-            if move(session, job_id, JobState.RUNNING, JobState.FAILED, error=reason):
+            # Pictures its other tasks made are still collected; the job then fails for the rest.
+            moved_to = after_tasks(session, job_id)
+            if moved_to is JobState.COLLECTING:
+                found.recollect.append(job_id)
+            elif moved_to is JobState.FAILED:
+                found.failed.append(job_id)
+        stranded = session.exec(
+            select(Job.id, Job.pinned_account).where(
+                col(Job.state) == JobState.PENDING.value,
+                col(Job.pinned_account).is_not(None),
+                col(Job.pinned_account).not_in(list(runtime.accounts) or [""]),
+            )
+        ).all()
+        for job_id, pinned in stranded:
+            reason = f"pinned to account {pinned}, which is not in the accounts file"
+            if job_id is not None and move(session, job_id, JobState.PENDING, JobState.FAILED, error=reason):
                 found.failed.append(job_id)

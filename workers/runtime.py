@@ -35,7 +35,10 @@ class Runtime:
 
     @cached_property
     def redis(self) -> redis.Redis:
-        return redis.Redis.from_url(client_url(self.settings.resolved_redis_url()))
+        # Time-outs, so a Redis gone quiet fails a call (and stops a heartbeat) rather than hang it.
+        return redis.Redis.from_url(
+            client_url(self.settings.resolved_redis_url()), socket_timeout=10, socket_connect_timeout=5
+        )
 
     @cached_property
     def limiter(self) -> RateLimiter:
@@ -63,13 +66,19 @@ class Runtime:
         policy = address_policy(self.accounts, self.settings.trusted())
         return httpx.Client(
             transport=GuardedTransport(policy, limits=httpx.Limits(max_connections=50, max_keepalive_connections=20)),
-            timeout=httpx.Timeout(self.settings.http_timeout, connect=10.0),
+            timeout=httpx.Timeout(self.settings.http_timeout, connect=min(10.0, self.settings.http_timeout)),
             follow_redirects=False,
         )
+
+    @cached_property
+    def secrets(self) -> tuple[str, ...]:
+        """Every configured key: scrubbed from whatever any provider answers."""
+        return tuple(sorted({key for account in self.accounts.values() if (key := account.api_key())}))
 
     def provider(self, account_name: str) -> Provider:
         provider = provider_for(self.accounts[account_name], self.http)
         provider.answer_cap = self.settings.max_answer_bytes
+        provider.secrets = self.secrets
         return provider
 
     def close(self) -> None:

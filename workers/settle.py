@@ -16,8 +16,10 @@ import logging
 from dataclasses import dataclass
 from datetime import timedelta
 from enum import Enum
+from typing import Any
 
 from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
@@ -25,9 +27,8 @@ from jobs.lifecycle import JobState, TaskState, UncertainPolicy, move
 from jobs.models import Batch, Job, JobEvent, ProviderTask, utcnow
 from jobs.spec import JobSpec
 from workers.providers import adapter_class
-from workers.providers.base import Finished, ProviderError, Sighting, Started
+from workers.providers.base import ProviderError, Sighting
 from workers.runtime import Runtime
-from workers.submission import record_submitted
 
 LOOK_AGAIN = 10.0
 """Seconds between two searches of the provider's record for one job."""
@@ -137,21 +138,23 @@ def _unclaimed(runtime: Runtime, job: Job, sightings: list[Sighting]) -> Sightin
         and not known_tasks.intersection(s.task_ids)
         and not known_images.intersection(image.url for image in s.images)
     ]
-    if free and not free[0].task_ids and _undecided_rivals(runtime, job, str(job.spec.get("prompt"))):
+    if free and _undecided_rivals(runtime, job, str(job.spec.get("prompt")), taskless=not free[0].task_ids):
         return None
     return free[0] if free else None
 
 
-def _undecided_rivals(runtime: Runtime, job: Job, prompt: str) -> bool:
-    """Whether another job of the account with this prompt, sent around the same time, still runs
-    without pictures: its submission cannot yet be told from this one's in a record without task ids."""
+def _undecided_rivals(runtime: Runtime, job: Job, prompt: str, *, taskless: bool) -> bool:
+    """Whether another job of the account with this prompt, sent around the same time, may own the
+    sighting without our knowing yet: one whose submit is under way (its answer not recorded), or,
+    in a record without task ids, one still running without pictures."""
     window = (job.sent_at or utcnow()) - timedelta(seconds=SLACK)
+    states = [JobState.QUEUED.value, JobState.SUBMITTING.value] + ([JobState.RUNNING.value] if taskless else [])
     with Session(runtime.engine) as session:
         candidates = session.exec(
             select(Job.id, Job.spec).where(
                 col(Job.account) == job.account,
                 col(Job.id) != job.id,
-                col(Job.state) == JobState.RUNNING.value,
+                col(Job.state).in_(states),
                 col(Job.sent_at) >= window,
             )
         ).all()
@@ -159,52 +162,85 @@ def _undecided_rivals(runtime: Runtime, job: Job, prompt: str) -> bool:
 
 
 def _adopt(runtime: Runtime, job: Job, sighting: Sighting) -> Outcome:
+    """Take the sighting as the job's. Claiming it and recording what it made is one transaction,
+    and two jobs cannot claim one submission (a unique index on account and ``adopted``)."""
+    if sighting.task_ids or sighting.complete:
+        return _take(runtime, job, sighting)
     assert job.id is not None
-    with session_scope(runtime.engine) as session:
-        claimed = session.execute(
-            update(Job)
-            .where(col(Job.id) == job.id, col(Job.state) == JobState.UNCERTAIN.value)
-            .values(adopted=sighting.remote_id)
-        )
-        if claimed.rowcount != 1:  # type: ignore[attr-defined]
-            return Outcome(Settled.GONE)
-        session.add(JobEvent(job_id=job.id, event="adopted", detail=f"found at the provider as {sighting.remote_id}"))
-    job = job.model_copy(update={"adopted": sighting.remote_id})
+    try:
+        with session_scope(runtime.engine) as session:
+            if not _claim(session, job, sighting):
+                return Outcome(Settled.GONE)
+    except IntegrityError:
+        return Outcome(Settled.WAITING)  # another job took it first: the search goes on
+    return Outcome(Settled.WAITING)  # found, its pictures not all made yet: ``_await_pictures``
+
+
+def _claim(session: Session, job: Job, sighting: Sighting) -> bool:
+    claimed = session.execute(
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.state) == JobState.UNCERTAIN.value)
+        .values(adopted=sighting.remote_id)
+    )
+    if claimed.rowcount != 1:  # type: ignore[attr-defined]
+        return False
+    session.add(JobEvent(job_id=job.id or 0, event="adopted", detail=f"found at the provider as {sighting.remote_id}"))
+    return True
+
+
+def _take(runtime: Runtime, job: Job, sighting: Sighting, *, missing: str | None = None) -> Outcome:
+    """Claim the sighting (if not yet) and record its tasks to poll, or its pictures to collect (with
+    a failed task for the ones that never came, so the job ends failed with them stored)."""
+    assert job.id is not None and job.account is not None
+    now = utcnow()
+    submitted = job.sent_at or now
+
+    def task(index: int, remote_id: str, **values: Any) -> ProviderTask:
+        assert job.id is not None and job.account is not None
+        return ProviderTask(job_id=job.id, index=index, account=job.account, provider=job.provider,
+                            remote_id=remote_id, submitted_at=submitted, **values)  # fmt: skip
+
     if sighting.task_ids:
-        record_submitted(runtime, job, Started(sighting.task_ids), source=JobState.UNCERTAIN)
-        return Outcome(Settled.ADOPTED)
-    return _await_pictures(runtime, job, sighting)
+        tasks = [task(index, remote_id, next_poll_at=now) for index, remote_id in enumerate(sighting.task_ids)]
+        target = JobState.RUNNING
+    else:
+        images = [{"url": image.url} for image in sighting.images]
+        tasks = [task(0, sighting.remote_id, state=TaskState.SUCCEEDED.value, images=images, finished_at=now)]
+        if missing is not None:
+            tasks.append(task(1, sighting.remote_id, state=TaskState.FAILED.value, error=missing, finished_at=now))
+        target = JobState.COLLECTING
+    try:
+        with session_scope(runtime.engine) as session:
+            if job.adopted != sighting.remote_id and not _claim(session, job, sighting):
+                return Outcome(Settled.GONE)
+            if not move(session, job.id, JobState.UNCERTAIN, target, error=missing, holder=None):
+                session.rollback()
+                return Outcome(Settled.GONE)
+            session.add_all(tasks)
+    except IntegrityError:
+        return Outcome(Settled.WAITING)
+    return Outcome(Settled.ADOPTED, collect=target is JobState.COLLECTING)
 
 
-def _await_pictures(runtime: Runtime, job: Job, sighting: Sighting | None = None) -> Outcome:
+def _await_pictures(runtime: Runtime, job: Job) -> Outcome:
     """An adopted submission that names no tasks (gencraft's history): its pictures are taken once
     every one is made. A record without tasks does not say that one failed, so it is looked up
     again only for as long as pictures of the kind take (ten times the learned 90th percentile, and
     at least ``settle_for``); then the pictures that came are kept and the job fails for the rest."""
     assert job.id is not None and job.adopted is not None
-    if sighting is None:
-        sighting = _find_again(runtime, job)
+    sighting = _find_again(runtime, job)
     age = (utcnow() - (job.sent_at or utcnow())).total_seconds()
     learned = runtime.timing.first_poll_delay(job.provider, job.spec.get("model"))
     patience = max(10 * learned, runtime.settings.settle_for)
-    if sighting is not None and (sighting.complete or (sighting.images and age > patience)):
-        collect = record_submitted(runtime, job, Finished(sighting.images), source=JobState.UNCERTAIN)
-        if not sighting.complete:
-            _missing_pictures(runtime, job, f"found at the provider as {job.adopted}; the rest did not come "
-                                            f"in {age:.0f} s")  # fmt: skip
-        return Outcome(Settled.ADOPTED, collect=collect)
+    if sighting is not None and (sighting.task_ids or sighting.complete):
+        return _take(runtime, job, sighting)
+    if sighting is not None and sighting.images and age > patience:
+        made, asked = len(sighting.images), max(sighting.expected, len(sighting.images) + 1)
+        missing = f"{asked - made} of {asked} pictures of {job.adopted} did not come in {age:.0f} s"
+        return _take(runtime, job, sighting, missing=missing)
     if age > patience:
         return _fail(runtime, job, f"found at the provider as {job.adopted}, but no picture came in {age:.0f} s")
     return Outcome(Settled.WAITING)
-
-
-def _missing_pictures(runtime: Runtime, job: Job, reason: str) -> None:
-    """A failed task beside the pictures that came, so the job ends failed with them stored."""
-    assert job.id is not None and job.account is not None
-    with session_scope(runtime.engine) as session:
-        session.add(ProviderTask(job_id=job.id, index=1, account=job.account, provider=job.provider,
-                                 remote_id=job.adopted or "", state=TaskState.FAILED.value, error=reason,
-                                 finished_at=utcnow()))  # fmt: skip
 
 
 def _find_again(runtime: Runtime, job: Job) -> Sighting | None:

@@ -17,7 +17,8 @@ from enum import Enum
 from functools import partial
 from typing import Any
 
-from sqlmodel import Session
+import redis
+from sqlmodel import Session, col, select
 
 from jobs.db import session_scope, upsert_insert, while_the_database_is_back
 from jobs.lifecycle import JobState, TaskState, move
@@ -104,7 +105,8 @@ def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
         return AfterSubmit()
     provider = runtime.provider(account.name)
     now = utcnow()
-    lease = now + timedelta(seconds=provider.submit_timeout() + runtime.settings.lease_margin)
+    spec = JobSpec.model_validate(job.spec)
+    lease = now + timedelta(seconds=provider.submit_timeout(spec) + runtime.settings.lease_margin)
     with session_scope(runtime.engine) as session:
         # ``sent_at`` is written now, a Redis call before the request leaves, not in a write of its own.
         claimed = move(
@@ -113,11 +115,17 @@ def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
     if not claimed:
         return AfterSubmit()
 
-    wait = runtime.limiter.acquire(account.name, account.rpm)
+    try:
+        wait = runtime.limiter.acquire(account.name, account.rpm)
+    except (redis.RedisError, OSError):
+        # Nothing was sent: the job goes back as it came, for the reconciler to send again.
+        with session_scope(runtime.engine) as session:
+            move(session, job_id, JobState.SUBMITTING, JobState.QUEUED, holder=None, lease_until=utcnow())
+        raise
     if wait > 0:
         return _not_now(runtime, job, wait)
     try:
-        submitted = provider.submit(JobSpec.model_validate(job.spec))
+        submitted = provider.submit(spec)
     except ProviderError as error:
         return AfterSubmit(wait=while_the_database_is_back(partial(_after_error, runtime, job, error)))
     return AfterSubmit(collect=while_the_database_is_back(partial(record_submitted, runtime, job, submitted)))
@@ -168,7 +176,10 @@ def record_submitted(
             if moved:
                 session.add(JobEvent(job_id=job.id, event="answer arrived late", detail="taken as the job's after all"))
         if not moved:
-            return False
+            # Written already by an attempt whose commit was not acknowledged (the database restarting)?
+            stored = session.exec(select(Job.state).where(col(Job.id) == job.id)).first()
+            has_tasks = session.exec(select(ProviderTask.id).where(col(ProviderTask.job_id) == job.id)).first()
+            return stored == target and has_tasks is not None and target is JobState.COLLECTING
         session.add_all(tasks)
     if isinstance(submitted, Started) and submitted.credits_remaining is not None:
         with session_scope(runtime.engine) as session:
@@ -196,6 +207,14 @@ def record_balance(session: Session, account: str, provider: str, credits: float
     )
 
 
+def _pause(runtime: Runtime, account: str, seconds: float, why: str, *, out_of_rotation: bool = False) -> None:
+    """Pause the account for the fleet; a Redis that does not answer costs the pause, not the job."""
+    try:
+        runtime.limiter.pause(account, seconds, why, out_of_rotation=out_of_rotation)
+    except (redis.RedisError, OSError) as error:
+        log.warning("account %s not paused (%s): Redis did not answer: %s", account, why, error)
+
+
 def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | None:
     assert job.id is not None and job.account is not None
     step = next_step(error)
@@ -207,13 +226,18 @@ def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | No
     with session_scope(runtime.engine) as session:
         if step is NextStep.WAIT:
             assert isinstance(error, RateLimited)
-            runtime.limiter.pause(job.account, error.retry_after, "rate limited by the provider (429)")
+            _pause(runtime, job.account, error.retry_after, "rate limited by the provider (429)")
             move(session, job.id, JobState.SUBMITTING, JobState.QUEUED, **released)
             return error.retry_after
         if step is NextStep.ROTATE:
             why = ROTATION_REASONS.get(type(error), "the account cannot take jobs now")
-            runtime.limiter.pause(job.account, runtime.settings.rotation_pause, why, out_of_rotation=True)
-            move(session, job.id, JobState.SUBMITTING, JobState.PENDING, account=job.pinned_account, **released)
+            _pause(runtime, job.account, runtime.settings.rotation_pause, why, out_of_rotation=True)
+            if job.rotations + 1 >= runtime.settings.max_rotations:
+                released["error"] = f"{reason} ({job.rotations + 1} times; no account took it)"
+                move(session, job.id, JobState.SUBMITTING, JobState.FAILED, **released)
+                return None
+            move(session, job.id, JobState.SUBMITTING, JobState.PENDING, account=job.pinned_account,
+                 rotations=job.rotations + 1, **released)  # fmt: skip
             return None
         if step is NextStep.RETRY and job.attempts + 1 < runtime.settings.submit_attempts:
             move(

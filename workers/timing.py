@@ -66,7 +66,12 @@ class CompletionTimes:
         self.ceiling = ceiling
 
     def first_poll_delay(self, provider: str, model: str | None) -> float:
-        learned = self.learned(provider, model)
+        """The learned delay, else the default; the default too while Redis does not answer, since
+        this is read while a paid answer is being recorded, which must not fail for want of it."""
+        try:
+            learned = self.learned(provider, model)
+        except (redis.RedisError, OSError):
+            return self.default
         return self.default if learned is None else learned
 
     def learned(self, provider: str, model: str | None) -> float | None:

@@ -353,12 +353,15 @@ def _figures(
         {item["prompt"] for item in sandbox.stats()["repeated_submissions"]["items"]}
         - {job.spec["prompt"] for job in jobs if job.resubmits}
     )
-    no_picture: Counter[str] = Counter()
+    made: Counter[int] = Counter()  # pictures the providers made (and billed) for each job
     for submission in world.submissions:
         job = by_prompt.get(submission.prompt)
-        made = any(not world.tasks[t].will_fail for t in submission.task_ids if t in world.tasks)
-        if job is not None and made and not pictures[job.id]:
-            no_picture[job.provider] += 1
+        if job is not None and job.id is not None:
+            made[job.id] += sum(1 for t in submission.task_ids if t in world.tasks and not world.tasks[t].will_fail)
+    no_picture: Counter[str] = Counter()
+    for job in jobs:
+        if job.id is not None and made[job.id] > pictures[job.id]:
+            no_picture[job.provider] += made[job.id] - pictures[job.id]
     storage = Storage(env["GENQ_STORAGE_URL"])
     matching = sum(1 for asset in assets if hashlib.sha256(storage.get(asset.key)).hexdigest() == asset.sha256)
     waits = sorted(wait for killed in kills for wait in killed.moved.values())
@@ -406,7 +409,8 @@ def _report(figures: dict[str, object], work: Path) -> int:
         ("every job final", not not_final, f"{figures['jobs']} jobs: {by_state}"),
         ("0 paid twice (but resubmitted jobs)", not figures["paid_twice"], f"paid twice: {figures['paid_twice']}"),
         ("0 paid but no picture, gencraft and qtpixel",
-         not no_picture.get("gencraft") and not no_picture.get("qtpixel"), f"paid, no picture: {no_picture}"),
+         not no_picture.get("gencraft") and not no_picture.get("qtpixel"),
+         f"pictures made but not stored, by provider: {no_picture}"),
         ("every stored picture's sha256 matches", figures["pictures"] == figures["pictures_matching"],
          f"{figures['pictures_matching']}/{figures['pictures']} pictures match"),
         (f"a killed worker's job moves within {MOVE_GOAL:.0f} s (p90)",

@@ -103,6 +103,8 @@ class Sighting:
     """The pictures made so far, where the record names no tasks."""
     complete: bool = False
     """Whether ``images`` holds every picture the submission will make."""
+    expected: int = 0
+    """Pictures the submission asked for, where the record says (0: it does not)."""
 
 
 TaskStatus = Finished | StillRunning | TaskFailed
@@ -159,10 +161,12 @@ class Provider(ABC):
         self._api_key = api_key
         self.answer_cap = DEFAULT_ANSWER_CAP
         """Bytes of an answer read at most; the runtime sets it from ``max_answer_bytes``."""
+        self.secrets: tuple[str, ...] = (api_key,)
+        """Keys scrubbed from every answer: this account's; the runtime sets every configured one."""
 
     def _send(self, request: httpx.Request, *, paid: bool) -> httpx.Response:
         """``send``, capped, with this account's key scrubbed from whatever comes back."""
-        return send(self.client, request, paid=paid, cap=self.answer_cap, secrets=(self._api_key,))
+        return send(self.client, request, paid=paid, cap=self.answer_cap, secrets=self.secrets)
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:
@@ -183,9 +187,14 @@ class Provider(ABC):
         """
         return "" if cls.batch_poll_size > 1 else task_id
 
-    def submit_timeout(self) -> float:
-        """Seconds a submit may wait for its answer: how long its job's lease must last."""
-        return self.client.timeout.read or 60.0
+    def submit_timeout(self, spec: JobSpec) -> float:
+        """Seconds a submit of ``spec`` may take, every request it makes counted (connect, write and
+        read each): how long its job's lease must last, so the reconciler never takes a live call."""
+        return self.requests_per_submit(spec) * _request_seconds(self.client.timeout, self.client.timeout.read)
+
+    def requests_per_submit(self, spec: JobSpec) -> int:
+        """Requests one submit of ``spec`` makes in a row (a reference upload is one more)."""
+        return self.cost(spec).requests
 
     @abstractmethod
     def submit(self, spec: JobSpec) -> Submitted:
@@ -204,6 +213,11 @@ class Provider(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} account={self.account.name}>"
+
+
+def _request_seconds(timeout: httpx.Timeout, read: float | None) -> float:
+    """The longest one request may take under ``timeout``, with ``read`` as its read time-out."""
+    return sum(part or 60.0 for part in (timeout.connect, timeout.write, read))
 
 
 def send(
@@ -242,14 +256,27 @@ def send(
         what = f"{request.url.host} answered more than {cap} bytes"
         raise AnswerTooLarge(f"{what}; the request may have been taken" if paid else what)
     for secret in secrets:
-        if secret:
-            body = body.replace(secret.encode(), b"***")
+        for form in _written_forms(secret):
+            body = body.replace(form, b"***")
     headers = [(k, v) for k, v in response.headers.multi_items() if k.lower() not in _BODY_HEADERS]
     return httpx.Response(response.status_code, headers=headers, content=body, request=request)
 
 
+GATEWAY_STATUSES = frozenset({502, 503, 504})
+"""A gateway's statuses: on a paid call they say nothing of whether the origin took the job, even
+with a body that looks like the provider's."""
+
 _BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
 """Headers of the body as sent; the answer handed on holds it decoded, and maybe scrubbed."""
+
+
+def _written_forms(secret: str) -> set[bytes]:
+    """The ways a key can stand in an answer: as it is, and as JSON escapes it (``/`` as ``\\/``,
+    non-ASCII as ``\\uXXXX``)."""
+    if not secret:
+        return set()
+    escaped = json.dumps(secret)[1:-1]
+    return {secret.encode(), escaped.encode(), escaped.replace("/", "\\/").encode()}
 
 
 def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
@@ -290,9 +317,9 @@ def failed_answer(
     documented error says what happened; without one, a paid request may have been taken, so the
     answer is lost (a 429 is the exception: any server in the way that says so has started nothing).
     """
-    if documented is not None:
-        return documented
     status = response.status_code
+    if documented is not None and not (paid and status in GATEWAY_STATUSES):
+        return documented
     if status == 429:
         return RateLimited(f"{provider} 429: rate limited", retry_after(response))
     what = f"{provider} {status}: {describe_body(response)}, not the provider's own error"

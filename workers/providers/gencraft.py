@@ -26,6 +26,7 @@ import httpx
 
 from jobs.spec import JobSpec
 from workers.providers.base import (
+    AnswerLost,
     BadCredentials,
     Cost,
     Finished,
@@ -64,6 +65,8 @@ ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9")
 SIZES = ("1K", "2K", "4K")
 UNSUPPORTED_FIELDS = ("seed", "steps", "style", "background", "sprite")
 """JobSpec fields GenCraft has no parameter for: refused rather than silently dropped."""
+NOTHING_STARTED = "upstream_error"
+"""The one documented server error: the upstream model failed, no task was started."""
 HISTORY_PAGE = 50
 """History entries a page (the most the API gives)."""
 SEARCH_PAGES = 10
@@ -181,7 +184,13 @@ class Gencraft(Provider):
             items: Any = [self._check(response, paid=False)]
         else:
             request = self._request("GET", "/api/v1/tasks", params={"ids": ",".join(task_ids)})
-            payload = self._check(self._send(request, paid=False), paid=False)
+            response = self._send(request, paid=False)
+            refused = response.status_code in (400, 404) and isinstance(self._documented(response), InvalidRequest)
+            if refused and len(task_ids) <= self.batch_poll_size:
+                # The seed does not say how a batch poll answers an id it does not know: asked one by
+                # one, a dropped task fails on its own instead of taking the other jobs' with it.
+                return {task_id: status for task_id in task_ids for status in self.poll([task_id]).values()}
+            payload = self._check(response, paid=False)
             items = payload.get("tasks") if isinstance(payload, dict) else None
         if not isinstance(items, list) or len(items) != len(task_ids) or not all(isinstance(i, dict) for i in items):
             raise Unreadable("gencraft: a poll answer that does not list the tasks asked for")
@@ -197,7 +206,8 @@ class Gencraft(Provider):
             for item in history.items:
                 if since.timestamp() <= item.created_at <= until.timestamp() and _fingerprint_of(item) == wanted:
                     images = tuple(Image(url) for url in item.images)
-                    found.append(Sighting(item.id, images=images, complete=len(images) >= item.image_count))
+                    complete = len(images) >= item.image_count
+                    found.append(Sighting(item.id, images=images, complete=complete, expected=item.image_count))
             oldest = history.items[-1].created_at if history.items else 0.0
             if page >= history.total_pages or oldest < since.timestamp():
                 break
@@ -307,7 +317,10 @@ def _error_for(response: httpx.Response, kind: str, message: str) -> ProviderErr
         return OutOfCredits(message)
     if status in (400, 404, 422):
         return InvalidRequest(message)
-    return Transient(message)
+    if kind == NOTHING_STARTED:
+        return Transient(message)
+    # An error the seed does not name: whether the job was taken is unknown.
+    return AnswerLost(f"{message}; the request may have been taken")
 
 
 def _status(item: dict[str, Any]) -> TaskStatus:

@@ -68,6 +68,8 @@ UNSUPPORTED_FIELDS = ("model", "mode", "aspect", "size", "references", "seed", "
 REFUSAL = "⚠️ 生成失败: AI 拒绝处理此请求 (可能包含敏感内容)"
 """The seed's content-safety refusal, exactly as a failed task's ``error_msg`` reads."""
 BATCH_PREFIX = "b"
+SERVER_ERROR = "服务器错误 - 内部错误"
+"""The seed's words for its 500: the one server error that says the service itself failed."""
 SEARCH_PAGES = 10
 """Pages of the task or batch list a search for a lost submit reads at most (20 items a page)."""
 
@@ -268,6 +270,9 @@ def _documented(response: httpx.Response) -> ProviderError | None:
         return None
     details = payload.get("details")
     message = f"qtpixel {response.status_code}: {payload['error']}" + (f" ({details})" if details else "")
+    if response.status_code >= 500 and payload["error"] != SERVER_ERROR:
+        # A server error the seed does not word: a proxy's ``{"error": ...}`` as likely as the service's.
+        return AnswerLost(f"{message}; the request may have been taken")
     return _error_for(response, message)
 
 

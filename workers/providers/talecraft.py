@@ -33,6 +33,7 @@ from workers.providers.base import (
     TaskStatus,
     Transient,
     Unsupported,
+    _request_seconds,
     failed_answer,
     json_body,
     retry_after,
@@ -66,8 +67,8 @@ class Talecraft(Provider):
         self.timeout = _timeout_option(account)
         """Seconds to wait for the answer of one generation."""
 
-    def submit_timeout(self) -> float:
-        return self.timeout
+    def submit_timeout(self, spec: JobSpec) -> float:
+        return _request_seconds(self.client.timeout, self.timeout)
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:

@@ -29,6 +29,9 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column("lost_answers", sa.Integer(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("adopted", sqlmodel.sql.sqltypes.AutoString(), nullable=True))
         batch_op.add_column(sa.Column("resubmits", sa.Integer(), nullable=False, server_default="0"))
+        batch_op.add_column(sa.Column("rotations", sa.Integer(), nullable=False, server_default="0"))
+        # One provider submission is one job's: two lost answers cannot adopt the same one.
+        batch_op.create_index("uq_jobs_account_adopted", ["account", "adopted"], unique=True)
     with op.batch_alter_table("provider_tasks", schema=None) as batch_op:
         batch_op.add_column(sa.Column("poll_errors", sa.Integer(), nullable=False, server_default="0"))
     op.create_table(
@@ -52,7 +55,8 @@ def downgrade() -> None:
     with op.batch_alter_table("provider_tasks", schema=None) as batch_op:
         batch_op.drop_column("poll_errors")
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        for column in ("resubmits", "adopted", "lost_answers", "sent_at", "lease_until", "holder"):
+        batch_op.drop_index("uq_jobs_account_adopted")
+        for column in ("rotations", "resubmits", "adopted", "lost_answers", "sent_at", "lease_until", "holder"):
             batch_op.drop_column(column)
     with op.batch_alter_table("batches", schema=None) as batch_op:
         batch_op.drop_column("on_uncertain")
