@@ -10,13 +10,15 @@ row and of each of its fields, merged over the file's defaults and validated as 
 
 from __future__ import annotations
 
+import bisect
 import csv
 import hashlib
 import io
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +29,26 @@ from jobs.errors import BatchFileError, Problem
 from jobs.spec import BatchSpec, JobSpec
 from jobs.states import UncertainPolicy
 
-_BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+_BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
 _HEADER_FIELDS = ("name", "priority", "on_uncertain", "defaults")
 _POLICIES = tuple(policy.value for policy in UncertainPolicy)
 _JOB_FIELDS = tuple(JobSpec.model_fields)
 _OPTION_PREFIX = "options."
 _REFERENCE_SEPARATOR = "|"
+_PRIORITY_MIN, _PRIORITY_MAX = -(2**31), 2**31 - 1
+"""The database keeps a priority in a 32-bit integer column."""
+_MAX_DEPTH = 32
+"""Levels of lists and mappings within one field; pydantic will not serialise a few hundred."""
+_MAX_VALUES = 10_000
+"""Values in one job, nested ones counted: YAML aliases of aliases would otherwise expand a few hundred
+bytes into millions of values when the job is stored."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NEWLINE = re.compile(r"\r\n|\r|\n")
+"""Line ends as an editor counts them; ``str.splitlines`` also breaks at characters such as U+2028 that
+JSON and CSV keep inside a value, and that editors show within a line."""
+_NUMBER_TOO_LONG = "a number of more than 4,300 digits, too long to read"
+"""Python refuses to read longer whole numbers (a guard against slow conversions) with a ValueError."""
+_NESTED_TOO_DEEP = "lists or mappings nested too deeply to read"
 _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
 
 
@@ -104,6 +120,10 @@ def _parse_csv(text: str, source: str) -> _Parsed:
     except csv.Error as error:
         parsed.problems.append(Problem(source, 1, None, f"not valid CSV: {error}"))
         return parsed
+    separator = _other_separator(header)
+    if separator:
+        parsed.problems.append(Problem(source, 1, None, f"the header looks {separator}-separated; use commas"))
+        return parsed
     for column in header:
         if not column:
             parsed.problems.append(Problem(source, 1, None, "a column has no name in the header"))
@@ -111,7 +131,7 @@ def _parse_csv(text: str, source: str) -> _Parsed:
             parsed.problems.append(Problem(source, 1, column, _unknown_field(column)))
     if "prompt" not in header:
         parsed.problems.append(Problem(source, 1, "prompt", "the header has no prompt column"))
-    duplicated = sorted({column for column in header if column and header.count(column) > 1})
+    duplicated = sorted(column for column, count in Counter(header).items() if column and count > 1)
     for column in duplicated:
         parsed.problems.append(Problem(source, 1, column, "the header names this column twice"))
     if parsed.problems:
@@ -137,6 +157,16 @@ def _parse_csv(text: str, source: str) -> _Parsed:
     return parsed
 
 
+def _other_separator(header: list[str]) -> str | None:
+    """``semicolon`` or ``tab`` when the header is one unknown column holding them: a spreadsheet set to a
+    locale that writes ``;`` (or a tab-separated export), which would otherwise read as one odd field."""
+    if len(header) != 1 or header[0] in _JOB_FIELDS:
+        return None
+    counts = {"semicolon": header[0].count(";"), "tab": header[0].count("\t")}
+    separator = max(counts, key=counts.__getitem__)
+    return separator if counts[separator] else None
+
+
 def _csv_values(cells: Mapping[str, str]) -> dict[str, Any]:
     """Empty cells are unset; ``references`` is a ``|``-separated list; ``options.x`` columns nest."""
     values: dict[str, Any] = {}
@@ -157,10 +187,11 @@ def _csv_values(cells: Mapping[str, str]) -> dict[str, Any]:
 
 
 def _scalar(cell: str) -> Any:
-    """An option cell as YAML would read it (``7`` a number, ``true`` a flag), else the text itself."""
+    """An option cell as a YAML file's would be read (``7`` a number, ``true`` a flag, ``16:9`` text), else the
+    text itself; a cell such as ``[[[[...`` is text too, however deep."""
     try:
-        value = yaml.safe_load(cell)
-    except yaml.YAMLError:
+        value = yaml.load(cell, Loader=_Loader)
+    except (yaml.YAMLError, RecursionError):
         return cell
     return value if isinstance(value, bool | int | float) else cell
 
@@ -170,22 +201,22 @@ def _scalar(cell: str) -> Any:
 
 def _parse_yaml(text: str, source: str) -> _Parsed:
     parsed = _Parsed()
-    loader = _Loader(text)
+    line_at = _line_finder(text)
     try:
-        root = loader.get_single_node()
-        document = loader.construct_document(root) if root is not None else None
+        root, document = _compose(text)
     except yaml.YAMLError as error:
-        parsed.problems.append(_yaml_problem(error, text, source))
+        parsed.problems.append(_yaml_problem(error, text, source, line_at))
         return parsed
-    finally:
-        loader.dispose()
+    except RecursionError:
+        parsed.problems.append(Problem(source, None, None, f"not valid YAML: {_NESTED_TOO_DEEP}"))
+        return parsed
 
     jobs: Any
     jobs_node: yaml.Node | None
     if isinstance(document, list) and isinstance(root, yaml.SequenceNode):
         jobs, jobs_node = document, root
     elif isinstance(document, dict) and isinstance(root, yaml.MappingNode):
-        lines = _key_lines(root)
+        lines = _key_lines(root, line_at)
         for key in document:
             if key != "jobs" and key not in _HEADER_FIELDS:
                 parsed.problems.append(Problem(source, lines.get(key), str(key), _unknown_header_field(key)))
@@ -196,17 +227,27 @@ def _parse_yaml(text: str, source: str) -> _Parsed:
             parsed.problems.append(Problem(source, lines.get("jobs"), "jobs", "expected a list of jobs"))
             return parsed
     else:
-        line = root.start_mark.line + 1 if root is not None else None
+        line = line_at(root.start_mark.index) if root is not None else None
         parsed.problems.append(Problem(source, line, None, "expected a mapping with 'jobs', or a list of jobs"))
         return parsed
 
     for value, node in zip(jobs, jobs_node.value, strict=True):
-        line = node.start_mark.line + 1
+        line = line_at(node.start_mark.index)
         if not isinstance(value, dict) or not isinstance(node, yaml.MappingNode):
             parsed.problems.append(Problem(source, line, None, "a job must be a mapping of fields"))
             continue
-        parsed.rows.append(_Row(line, {str(k): v for k, v in value.items()}, _key_lines(node)))
+        parsed.rows.append(_Row(line, {str(k): v for k, v in value.items()}, _key_lines(node, line_at)))
     return parsed
+
+
+def _compose(text: str) -> tuple[yaml.Node | None, Any]:
+    """The root node (for lines) and the document; the loader's reader already refuses control characters."""
+    loader = _Loader(text)
+    try:
+        root = loader.get_single_node()
+        return root, loader.construct_document(root) if root is not None else None
+    finally:
+        loader.dispose()
 
 
 class _Loader(yaml.SafeLoader):
@@ -230,23 +271,48 @@ _Loader.add_implicit_resolver(
 )
 
 
-def _yaml_problem(error: yaml.YAMLError, text: str, source: str) -> Problem:
+def _construct_int(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    try:
+        return loader.construct_yaml_int(node)
+    except ValueError:
+        raise yaml.constructor.ConstructorError(None, None, _NUMBER_TOO_LONG, node.start_mark) from None
+
+
+_Loader.add_constructor(_INT_TAG, _construct_int)
+
+
+def _yaml_problem(error: yaml.YAMLError, text: str, source: str, line_at: Callable[[int], int]) -> Problem:
     """The line a person should look at: where the problem is, or where an unclosed thing opened."""
+    if isinstance(error, yaml.reader.ReaderError):
+        message = f"not valid YAML: the character U+{error.character:04X} is not allowed"
+        return Problem(source, line_at(error.position), None, message)
     problem_mark = getattr(error, "problem_mark", None)
     context_mark = getattr(error, "context_mark", None)
     mark = problem_mark
     if context_mark is not None and (problem_mark is None or problem_mark.index >= len(text.rstrip())):
         mark = context_mark
     reason = " ".join(str(part) for part in (getattr(error, "context", None), getattr(error, "problem", None)) if part)
-    return Problem(source, mark.line + 1 if mark is not None else None, None, f"not valid YAML: {reason or error}")
+    line = line_at(mark.index) if mark is not None else None
+    return Problem(source, line, None, f"not valid YAML: {reason or error}")
 
 
-def _key_lines(node: yaml.MappingNode) -> dict[str, int]:
-    return {str(key.value): key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
+def _key_lines(node: yaml.MappingNode, line_at: Callable[[int], int]) -> dict[str, int]:
+    return {str(key.value): line_at(key.start_mark.index) for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
+
+
+def _line_finder(text: str) -> Callable[[int], int]:
+    """The line of a character index as an editor counts lines; YAML's own marks also count NEL, U+2028
+    and U+2029 as line ends, which would point past the end of the file. The end of the file (where
+    ``---`` leaves an empty document, say) is on its last line."""
+    starts = [match.end() for match in _NEWLINE.finditer(text)]
+    last = len(starts) + (not starts or starts[-1] < len(text))
+    return lambda index: min(bisect.bisect_right(starts, index) + 1, last)
 
 
 def _value_node(node: yaml.MappingNode, name: str) -> yaml.Node | None:
-    return next((value for key, value in node.value if isinstance(key, yaml.ScalarNode) and key.value == name), None)
+    """The node of a key's value; the last, as the loader keeps the last of a key written twice."""
+    values = [value for key, value in node.value if isinstance(key, yaml.ScalarNode) and key.value == name]
+    return values[-1] if values else None
 
 
 # JSONL -------------------------------------------------------------------------------------------
@@ -256,13 +322,18 @@ def _parse_jsonl(text: str, source: str) -> _Parsed:
     """One job object a line; the first line may be ``{"batch": {...}}`` with the header fields."""
     parsed = _Parsed()
     seen_content = False
-    for line, raw in enumerate(text.splitlines(), start=1):
+    for line, raw in enumerate(_NEWLINE.split(text), start=1):
         if not raw.strip():
             continue
         try:
             value = json.loads(raw)
         except json.JSONDecodeError as error:
             parsed.problems.append(Problem(source, line, None, f"not valid JSON: {error.msg} (column {error.colno})"))
+            seen_content = True
+            continue
+        except (ValueError, RecursionError) as error:
+            message = _NESTED_TOO_DEEP if isinstance(error, RecursionError) else _NUMBER_TOO_LONG
+            parsed.problems.append(Problem(source, line, None, f"not valid JSON: {message}"))
             seen_content = True
             continue
         if not isinstance(value, dict):
@@ -313,6 +384,11 @@ def _build(parsed: _Parsed, source: str, data: bytes, stem: str) -> BatchSpec:
         values = {**defaults, **row.values}
         if isinstance(defaults.get("options"), dict) and isinstance(row.values.get("options"), dict):
             values["options"] = {**defaults["options"], **row.values["options"]}
+        unstorable = _unstorable(values)
+        if unstorable is not None:
+            field_name, message = unstorable
+            problems.append(Problem(source, row.field_lines.get(field_name, row.line), field_name, message))
+            continue
         try:
             job = JobSpec.model_validate(values)
         except ValidationError as error:
@@ -329,7 +405,7 @@ def _build(parsed: _Parsed, source: str, data: bytes, stem: str) -> BatchSpec:
     if not parsed.rows and not problems:
         problems.append(Problem(source, None, None, "the file has no jobs"))
     if problems:
-        raise BatchFileError(sorted(problems, key=lambda p: p.line or 0))
+        raise BatchFileError(sorted(map(_one_line, problems), key=lambda p: p.line or 0))
     return BatchSpec(
         name=name,
         source=source,
@@ -346,7 +422,7 @@ def _batch_name(parsed: _Parsed, source: str, stem: str, problems: list[Problem]
     if "name" not in parsed.header:
         return re.sub(r"[^A-Za-z0-9._\-]+", "-", stem).strip("-.")[:64] or "batch"
     name = parsed.header["name"]
-    if not isinstance(name, str) or not _BATCH_NAME.match(name):
+    if not isinstance(name, str) or not _BATCH_NAME.fullmatch(name):
         message = f"{name!r} is not a usable batch name: up to 64 letters, digits, '.', '_' and '-'"
         problems.append(Problem(source, parsed.header_lines.get("name"), "name", message))
         return stem
@@ -355,8 +431,9 @@ def _batch_name(parsed: _Parsed, source: str, stem: str, problems: list[Problem]
 
 def _priority(parsed: _Parsed, source: str, problems: list[Problem]) -> int:
     priority = parsed.header.get("priority", 0)
-    if isinstance(priority, bool) or not isinstance(priority, int):
-        problems.append(Problem(source, parsed.header_lines.get("priority"), "priority", "must be a whole number"))
+    if isinstance(priority, bool) or not isinstance(priority, int) or not _PRIORITY_MIN <= priority <= _PRIORITY_MAX:
+        message = f"must be a whole number from {_PRIORITY_MIN:,} to {_PRIORITY_MAX:,}"
+        problems.append(Problem(source, parsed.header_lines.get("priority"), "priority", message))
         return 0
     return priority
 
@@ -380,6 +457,38 @@ def _defaults(parsed: _Parsed, source: str, problems: list[Problem]) -> dict[str
         if key not in _JOB_FIELDS:
             problems.append(Problem(source, line, f"defaults.{key}", _unknown_field(str(key))))
     return {key: value for key, value in defaults.items() if key in _JOB_FIELDS}
+
+
+def _unstorable(values: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first field that could not be stored as JSON text and sent on, and why; None when all can."""
+    count = 0
+    for name, value in values.items():
+        stack = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            count += 1
+            if count > _MAX_VALUES:
+                return name, f"expands to more than {_MAX_VALUES:,} values (YAML aliases of aliases?)"
+            if isinstance(item, str) and "\x00" in item:
+                return name, "contains a NUL character"
+            if isinstance(item, str) and _SURROGATE.search(item):
+                return name, "contains a lone surrogate (an escape such as \\ud800), which is not a character"
+            if isinstance(item, bytes):
+                return name, "is binary data (!!binary), not text"
+            if isinstance(item, list | dict):
+                if depth > _MAX_DEPTH:
+                    return name, f"nests lists or mappings more than {_MAX_DEPTH} deep (or a YAML alias inside itself)"
+                children = item if isinstance(item, list) else [*item, *item.values()]
+                stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def _one_line(problem: Problem) -> Problem:
+    """A field as the file spelled it, escaped if it holds a line break or an invisible character, so that a
+    problem is one line of ``<file>.errors.txt`` and shows what is there."""
+    if problem.field is None or problem.field.isprintable():
+        return problem
+    return replace(problem, field=repr(problem.field)[1:-1])
 
 
 def _validation_problems(error: ValidationError, row: _Row, source: str) -> list[Problem]:
