@@ -8,16 +8,17 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich import box
 from rich.console import Console
-from rich.table import Table
+from rich.markup import escape
 from sqlalchemy import Engine
 
-from jobs.accounts import load_accounts
+from jobs import deployment, render
+from jobs.accounts import Account, load_accounts
 from jobs.batchfile import load_batch
 from jobs.db import make_engine, migrate
 from jobs.errors import BatchFileError, ConfigError, GenqError
@@ -27,6 +28,7 @@ from jobs.states import BatchState, UncertainPolicy
 from jobs.status import BatchStatus, batch_status, recent_batches
 
 if TYPE_CHECKING:
+    from sandbox.config import SandboxConfig
     from workers.fleet import AccountReport
     from workers.plan import Plan
 
@@ -35,6 +37,7 @@ console = Console()
 errors = Console(stderr=True)
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_SIGNALED = {"SIGTERM": 143, "SIGHUP": 129}
 QUEUES = "control,submit,poll,collect"
 
 FileArg = Annotated[Path, typer.Argument(help="A batch file: .csv, .yaml or .jsonl.", show_default=False)]
@@ -55,7 +58,7 @@ def _refuse(error: GenqError) -> typer.Exit:
         for problem in error.problems:
             errors.print(f"  {problem}", highlight=False, markup=False)
     else:
-        errors.print(f"[red]error:[/] {error}", highlight=False)
+        errors.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     return typer.Exit(EXIT_INVALID)
 
 
@@ -80,45 +83,59 @@ def _engine(settings: Settings) -> Engine:
 def _print_summary(status: BatchStatus, settings: Settings) -> None:
     from jobs.storage import Storage, batch_folder
 
-    table = Table(title=f"batch {status.id} · {status.name} · {status.state}", show_header=True)
-    for column in ("jobs", "succeeded", "failed", "canceled", "images"):
-        table.add_column(column, justify="right")
-    counts = status.counts
-    table.add_row(
-        str(status.total), str(counts["succeeded"]), str(counts["failed"]), str(counts["canceled"]), str(status.images)
-    )
-    console.print(table)
-    for failure in status.errors:
-        console.print(f"  job {failure['job']} (line {failure['line']}): {failure['error']}", markup=False)
-    _print_lost_answers(status)
     storage = Storage(settings.resolved_storage_url())
-    console.print(f"Images: {storage.where(batch_folder(status.id, status.name))}", markup=False, soft_wrap=True)
-    if status.manifest_key:
-        console.print(f"Manifest: {storage.where(status.manifest_key)}", markup=False, soft_wrap=True)
+    manifest = storage.where(status.manifest_key) if status.manifest_key else None
+    render.print_summary(console, status, images=storage.where(batch_folder(status.id, status.name)), manifest=manifest)
+
+
+SandboxOpt = Annotated[bool, typer.Option("--sandbox", help="Serve the fake providers and use them.")]
 
 
 @app.command()
 def run(
     file: FileArg,
-    sandbox: Annotated[bool, typer.Option("--sandbox", help="Serve the fake providers and use them.")] = False,
+    sandbox: SandboxOpt = False,
     force: ForceOpt = False,
     concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 8,
     on_uncertain: OnUncertainOpt = None,
 ) -> None:
-    """Run one batch to the end on this machine, starting whatever is missing; the same file again resumes."""
-    from jobs.embedded import EmbeddedStack
-    from jobs.producer import produce
-    from jobs.progress import WorkerDied, follow
-    from workers.app import make_app
+    """Run one batch to the end on this machine, starting whatever is missing; the same file again resumes.
+
+    With `genq up` running, the batch goes to that deployment. Otherwise this command starts what it
+    needs (Redis, a worker, the sandbox), works on this batch alone, and stops what it started when the
+    batch ends or on Ctrl-C, SIGTERM or SIGHUP; running it again resumes.
+    """
     from workers.providers import capability_problems
 
-    settings = Settings()
     try:
         problems = capability_problems(load_batch(file, display_name=str(file)))
         if problems:
             raise BatchFileError(problems)
     except GenqError as error:
         raise _refuse(error) from None
+    with deployment.stop_signals():
+        try:
+            up = deployment.running(Settings())
+            if up is not None:
+                _run_in_deployment(up, file, sandbox=sandbox, force=force, on_uncertain=on_uncertain)
+            else:
+                _run_here(file, sandbox=sandbox, force=force, concurrency=concurrency, on_uncertain=on_uncertain)
+        except deployment.Stopped as stopped:
+            errors.print(f"stopped by {stopped}; run the same command again to resume", highlight=False)
+            raise typer.Exit(EXIT_SIGNALED.get(str(stopped), EXIT_INTERRUPTED)) from None
+        except KeyboardInterrupt:
+            errors.print("stopped; run the same command again to resume")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+
+def _run_here(
+    file: Path, *, sandbox: bool, force: bool, concurrency: int, on_uncertain: UncertainPolicy | None
+) -> None:
+    from jobs.embedded import EmbeddedStack
+    from jobs.progress import WorkerDied, follow
+    from workers.app import make_app
+
+    settings = Settings()
     stack = EmbeddedStack(settings, sandbox=sandbox, concurrency=concurrency)
     try:
         try:
@@ -127,52 +144,161 @@ def run(
         except GenqError as error:
             raise _refuse(error) from None
         engine = _engine(settings)
-        produced = produce(engine, spec, force=force, on_uncertain=on_uncertain and on_uncertain.value)
-        batch_id = produced.batch.id
-        assert batch_id is not None
-        if produced.created:
-            _print_plan(_plan(spec, settings))
-        verb = "submitted" if produced.created else "resuming"
-        console.print(f"{verb} batch {batch_id} ({spec.name}): {len(spec.jobs)} jobs", highlight=False)
+        batch_id, created, estimate = _produce(engine, spec, settings, sandbox=sandbox, force=force,
+                                               on_uncertain=on_uncertain)  # fmt: skip
         status = batch_status(engine, batch_id)
         if not status.final:
             os.environ.update(stack.env)
-            stack.start_worker()
+            stack.start_worker(only_batch=batch_id)
             sender = make_app(settings)
-            if stack.fresh_broker and not produced.created:
+            if stack.fresh_broker and not created:
                 sender.send_task("genq.reconcile", kwargs={"stale_after": 0})
             sender.send_task("genq.dispatch")
-            status = follow(engine, batch_id, console, alive=stack.worker_alive)
+            status = follow(engine, batch_id, console, alive=stack.worker_alive, planned_seconds=estimate.seconds)
         _print_summary(status, settings)
     except WorkerDied as error:
         errors.print(f"[red]error:[/] {error}; see {settings.var_dir / 'logs' / 'worker.log'}")
         raise typer.Exit(EXIT_FAILED) from None
-    except KeyboardInterrupt:
-        errors.print("stopping; run the same command again to resume")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
     finally:
         stack.stop()
     raise typer.Exit(EXIT_OK if status.state == BatchState.SUCCEEDED else EXIT_FAILED)
 
 
-@app.command()
-def plan(file: FileArg, as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """What a batch will spend before anything is sent: requests, credits, and time at its accounts' limits."""
-    settings = Settings()
+def _produce(
+    engine: Engine,
+    spec: BatchSpec,
+    settings: Settings,
+    *,
+    sandbox: bool,
+    force: bool,
+    on_uncertain: UncertainPolicy | None,
+) -> tuple[int, bool, Plan]:
+    """The batch's rows written (or found, for a file seen before), its plan printed when it is new:
+    its id, whether it is new, and the plan."""
+    from jobs.embedded import sandbox_config
+    from jobs.producer import produce
+
+    produced = produce(engine, spec, force=force, on_uncertain=on_uncertain and on_uncertain.value)
+    batch_id = produced.batch.id
+    assert batch_id is not None
+    estimate = _plan(spec, settings, sandbox_config() if sandbox else None)
+    if produced.created:
+        render.print_plan(console, estimate)
+    verb = "submitted" if produced.created else "resuming"
+    console.print(f"{verb} batch {batch_id} ({spec.name}): {len(spec.jobs)} jobs", highlight=False)
+    return batch_id, produced.created, estimate
+
+
+def _run_in_deployment(
+    up: deployment.Deployment, file: Path, *, sandbox: bool, force: bool, on_uncertain: UncertainPolicy | None
+) -> None:
+    from jobs.progress import follow
+
+    if sandbox and not up.sandbox:
+        raise _refuse(
+            ConfigError("genq is up here without the sandbox: `genq down`, then `genq up --sandbox`, or drop --sandbox")
+        )
+    settings = deployment.settings_with(up)
+    console.print(f"using the deployment of `genq up` ({up.describe()})", highlight=False)
     try:
-        spec = _checked_batch(file, settings, require_keys=False)
+        spec = _checked_batch(file, settings)
     except GenqError as error:
         raise _refuse(error) from None
-    estimate = _plan(spec, settings)
+    engine = _engine(settings)
+    batch_id, _, estimate = _produce(engine, spec, settings, sandbox=up.sandbox, force=force, on_uncertain=on_uncertain)
+    _kick(settings)
+    try:
+        status = follow(engine, batch_id, console, alive=up.alive, planned_seconds=estimate.seconds)
+    except KeyboardInterrupt:
+        errors.print(f"stopped watching; batch {batch_id} goes on in the deployment (`genq status {batch_id}`)")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _print_summary(status, settings)
+    raise typer.Exit(EXIT_OK if status.state == BatchState.SUCCEEDED else EXIT_FAILED)
+
+
+@app.command()
+def up(
+    sandbox: SandboxOpt = False,
+    concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 8,
+) -> None:
+    """Start genq on this machine in the background: Redis, a worker with beat, and the sandbox if asked."""
+    settings = Settings()
+    found = deployment.running(settings)
+    if found is not None:
+        console.print(f"genq is already up here ({found.describe()}); `genq down` stops it", highlight=False)
+        return
+    try:
+        started = deployment.up(settings, sandbox=sandbox, concurrency=concurrency)
+    except GenqError as error:
+        raise _refuse(error) from None
+    console.print(f"genq is up ({started.describe()})", highlight=False)
+    console.print(f"logs: {settings.var_dir.resolve() / 'logs'}; `genq down` stops it", highlight=False)
+
+
+@app.command()
+def down() -> None:
+    """Stop what `genq up` started here, and nothing else."""
+    settings = Settings()
+    found = deployment.running(settings)
+    if found is None:
+        console.print(f"genq is not running in {settings.var_dir.resolve()}", highlight=False)
+        return
+    deployment.down(found)
+    console.print("genq is down", highlight=False)
+
+
+@app.command()
+def plan(
+    file: FileArg,
+    sandbox: Annotated[bool, typer.Option("--sandbox", help="Plan for the sandbox's accounts and latency.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What a batch will spend before anything is sent: requests, credits, and time at its accounts' limits."""
+    settings = deployment.settings_with(deployment.running(Settings()))
+    config = None
+    try:
+        if sandbox:
+            from jobs.embedded import sandbox_config
+
+            config = sandbox_config()
+            spec = load_batch(file, display_name=str(file))
+            accounts = _sandbox_accounts(config)
+            from workers.providers import batch_problems
+
+            problems = batch_problems(spec, accounts)
+            if problems:
+                raise BatchFileError(problems)
+        else:
+            spec = _checked_batch(file, settings, require_keys=False)
+            accounts = None
+    except ConfigError as error:
+        raise _refuse(ConfigError(f"{error}; or plan for the sandbox with --sandbox")) from None
+    except GenqError as error:
+        raise _refuse(error) from None
+    estimate = _plan(spec, settings, config, accounts=accounts)
     if as_json:
         sys.stdout.write(json.dumps(estimate.to_json(), indent=2) + "\n")
     else:
-        _print_plan(estimate)
+        render.print_plan(console, estimate)
 
 
-def _plan(spec: BatchSpec, settings: Settings) -> Plan:
-    """The plan, with generation times learned by the fleet where the broker answers, else each
-    provider's typical time."""
+def _sandbox_accounts(config: SandboxConfig) -> dict[str, Account]:
+    """The accounts a sandbox run gets, for a plan made before it runs."""
+    from jobs.embedded import sandbox_accounts
+
+    entries = sandbox_accounts(config, "http://127.0.0.1")
+    return {str(entry["name"]): Account.model_validate(entry) for entry in entries}
+
+
+def _plan(
+    spec: BatchSpec,
+    settings: Settings,
+    sandbox: SandboxConfig | None = None,
+    *,
+    accounts: Mapping[str, Account] | None = None,
+) -> Plan:
+    """The plan. Generation times: the sandbox's configured latency with ``sandbox``; else learned
+    by the fleet where the broker answers, else each provider's typical time."""
     import redis
 
     from jobs.redisserver import client_url
@@ -180,6 +306,12 @@ def _plan(spec: BatchSpec, settings: Settings) -> Plan:
     from workers.providers import ADAPTERS
     from workers.timing import CompletionTimes
 
+    if sandbox is not None:
+        accounts = accounts or _sandbox_accounts(sandbox)
+        config = sandbox
+        return plan_batch(
+            spec, accounts, lambda provider, _model: config.provider(provider).latency_mean, spread=settings.rate_spread
+        )
     client = redis.Redis.from_url(client_url(settings.resolved_redis_url()), socket_timeout=2)
     learned = CompletionTimes(client, default=settings.first_poll_delay)
 
@@ -191,40 +323,20 @@ def _plan(spec: BatchSpec, settings: Settings) -> Plan:
         return ADAPTERS[provider].typical_seconds if seen is None else seen
 
     try:
-        accounts = load_accounts(settings.accounts, require_keys=False)
+        accounts = accounts or load_accounts(settings.accounts, require_keys=False)
         return plan_batch(spec, accounts, generation_seconds, spread=settings.rate_spread)
     finally:
         client.close()
 
 
-def _print_plan(estimate: Plan) -> None:
-    for p in estimate.providers:
-        console.print(
-            f"  {p.provider}: {p.jobs} jobs, {p.pictures} pictures: {p.submits} submits + {p.polls} polls, "
-            f"{p.credits} credits; {p.accounts} account(s) at {p.rpm} requests/min: about {_duration(p.seconds)}",
-            highlight=False,
-        )
-    console.print(
-        f"plan: {estimate.requests} provider requests, {estimate.credits} credits, about {_duration(estimate.seconds)}",
-        highlight=False,
-    )
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "never (no account)"
-    minutes, rest = divmod(round(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min" if hours else f"{minutes} min {rest:02d} s" if minutes else f"{rest} s"
-
-
 @app.command()
 def submit(file: FileArg, force: ForceOpt = False, on_uncertain: OnUncertainOpt = None) -> None:
-    """Submit a batch to a running deployment; prints the batch id."""
+    """Submit a batch to a running deployment (`genq up`, or GENQ_REDIS_URL); prints the batch id."""
     from jobs.producer import produce
 
-    settings = Settings()
+    settings = deployment.settings_with(deployment.running(Settings()))
     try:
+        deployment.require_broker(settings)
         spec = _checked_batch(file, settings)
     except GenqError as error:
         raise _refuse(error) from None
@@ -240,8 +352,8 @@ def status(
     batch: Annotated[int | None, typer.Argument(help="A batch id; all recent batches if left out.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Where batches stand: jobs per state, images stored, failures."""
-    settings = Settings()
+    """Where batches stand: jobs per state, images stored, failures; and each account's minute."""
+    settings = deployment.settings_with(deployment.running(Settings()))
     engine = _engine(settings)
     try:
         found = [batch_status(engine, batch)] if batch is not None else recent_batches(engine)
@@ -257,38 +369,17 @@ def status(
         )
         sys.stdout.write(json.dumps(payload, indent=2) + "\n")
         return
-    table = Table(show_header=True, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    table.add_column("batch", justify="right", no_wrap=True)
-    table.add_column("name", overflow="fold", min_width=8)
-    table.add_column("state", no_wrap=True)
-    for column in ("jobs", "pending", "running", "succeeded", "failed", "images"):
-        table.add_column(column, justify="right", no_wrap=True, min_width=len(column))
+    console.print(render.batches_table(found, console.width))
     for s in found:
-        running = sum(s.counts[k] for k in ("queued", "submitting", "running", "collecting", "uncertain"))
-        table.add_row(
-            str(s.id), s.name, s.state, str(s.total), str(s.counts["pending"]), str(running),
-            str(s.counts["succeeded"]), str(s.counts["failed"]), str(s.images),
-        )  # fmt: skip
-    console.print(table)
-    for s in found:
-        _print_lost_answers(s, prefix="" if batch is not None else f"batch {s.id}: ")
+        render.print_lost_answers(console, s, prefix="" if batch is not None else f"batch {s.id}: ")
+        if batch is not None:
+            render.print_failures(console, s)
     if accounts:
-        console.print(_accounts_table(accounts))
-
-
-def _print_lost_answers(status: BatchStatus, prefix: str = "") -> None:
-    lost = status.lost_answers
-    if lost["uncertain"]:
-        console.print(
-            f"{prefix}lost answers: {lost['uncertain']} job(s) whose submit answer was lost; "
-            f"{lost['adopted']} found at the provider and kept, {lost['resubmitted']} sent again "
-            f"(on_uncertain: {status.on_uncertain})",
-            highlight=False,
-        )
+        console.print(render.accounts_table(accounts, console.width))
 
 
 def _account_reports(settings: Settings) -> list[AccountReport]:
-    """Every account's standing; none when there is no accounts file to read."""
+    """Every account's standing; none when there is no accounts file to read or no broker."""
     from workers.fleet import account_reports
     from workers.runtime import Runtime
 
@@ -296,28 +387,13 @@ def _account_reports(settings: Settings) -> list[AccountReport]:
         accounts = load_accounts(settings.accounts, require_keys=False)
     except ConfigError:
         return []
+    if not deployment.broker_answers(settings):
+        return []
     runtime = Runtime(settings)
     try:
         return account_reports(runtime, accounts)
     finally:
         runtime.close()
-
-
-def _accounts_table(reports: list[AccountReport]) -> Table:
-    table = Table(show_header=True, box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for column in ("account", "provider", "last minute", "in flight", "credits", "paused"):
-        table.add_column(column, overflow="fold")
-    for report in reports:
-        used = "?" if report.used_last_minute is None else str(report.used_last_minute)
-        paused = ""
-        if report.paused_for:
-            paused = f"{report.paused_for:.0f} s more: {report.paused_because}"
-        credits = "" if report.credits_remaining is None else f"{report.credits_remaining:g}"
-        table.add_row(
-            report.name, report.provider, f"{used}/{report.rpm}", f"{report.in_flight}/{report.max_in_flight}",
-            credits, paused,
-        )  # fmt: skip
-    return table
 
 
 @app.command("sandbox")
@@ -342,6 +418,7 @@ def worker(
     loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
 ) -> None:
     """Run a Celery worker of this deployment."""
+    _need_broker()
     command = ["celery", "-A", "workers", "worker", "--queues", queues, "--concurrency", str(concurrency)]
     command += ["--pool", pool, "--loglevel", loglevel] + (["--beat"] if beat else [])
     _exec_celery(command)
@@ -350,6 +427,7 @@ def worker(
 @app.command("beat")
 def run_beat(loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO") -> None:
     """Run the periodic schedule: dispatch, poll sweeps and the reconciler. Exactly one per deployment."""
+    _need_broker()
     schedule = Settings().var_dir / "celerybeat-schedule"
     schedule.parent.mkdir(parents=True, exist_ok=True)
     _exec_celery(["celery", "-A", "workers", "beat", "--loglevel", loglevel, "--schedule", str(schedule)])
@@ -361,11 +439,46 @@ def watch() -> None:
     from jobs.inbox import watch as watch_inbox
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    settings = Settings()
+    settings = _need_broker()
     migrate(make_engine(settings.resolved_database_url()))
     console.print(f"watching {settings.batches_dir / 'inbox'}")
     with contextlib.suppress(KeyboardInterrupt):
         watch_inbox(settings, on_batch=lambda _batch_id: _kick(settings))
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@app.command()
+def flower(
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 5555,
+    address: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+    basic_auth: Annotated[
+        str | None,
+        typer.Option(
+            "--basic-auth", envvar="FLOWER_BASIC_AUTH", help="user:password (or FLOWER_BASIC_AUTH).", show_default=False
+        ),
+    ] = None,
+    unauthenticated: Annotated[
+        bool, typer.Option("--unauthenticated", help="No password, on a loopback address only (for this machine).")
+    ] = False,
+) -> None:
+    """Serve Flower for this deployment; never without a password except on loopback by asking."""
+    if not basic_auth and not unauthenticated:
+        raise _refuse(
+            ConfigError("Flower shows every task of the deployment: give --basic-auth USER:PASSWORD "
+                        "(or FLOWER_BASIC_AUTH), or --unauthenticated to serve it on loopback only")
+        )  # fmt: skip
+    if not basic_auth and address not in LOOPBACK:
+        raise _refuse(ConfigError(f"--unauthenticated serves on loopback only, not on {address}"))
+    _need_broker()
+    command = ["celery", "-A", "workers", "flower", f"--port={port}", f"--address={address}"]
+    if basic_auth:
+        os.environ["FLOWER_BASIC_AUTH"] = basic_auth  # the environment, not argv: `ps` shows argv to all
+    else:
+        errors.print(f"[yellow]warning:[/] Flower without a password, on {address}:{port} only", highlight=False)
+        os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"
+    _exec_celery(command)
 
 
 @app.command("migrate")
@@ -374,6 +487,16 @@ def migrate_command() -> None:
     settings = Settings()
     migrate(make_engine(settings.resolved_database_url()))
     console.print("database is up to date")
+
+
+def _need_broker() -> Settings:
+    """The settings of the deployment found here; exits with one line naming `genq up` if there is none."""
+    settings = deployment.settings_with(deployment.running(Settings()))
+    try:
+        deployment.require_broker(settings)
+    except GenqError as error:
+        raise _refuse(error) from None
+    return settings
 
 
 def _exec_celery(argv: list[str]) -> None:
@@ -400,5 +523,7 @@ def main() -> None:
     except ConfigError as error:
         errors.print(f"[red]error:[/] {error}", highlight=False)
         sys.exit(EXIT_INVALID)
+
+
 if __name__ == "__main__":
     main()

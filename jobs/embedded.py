@@ -13,15 +13,52 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
+from jobs.lifeline import lifeline_command
 from jobs.redisserver import EmbeddedRedis
 from jobs.settings import Settings
 
+if TYPE_CHECKING:
+    from sandbox.config import SandboxConfig
+
 SANDBOX_KEY_ENV = "GENQ_SANDBOX_KEY"
+SANDBOX_LOCAL_KEY = "sandbox-local-key"
+"""The sandbox's key when none is set: the same every run, since the sandbox keeps its tasks per key."""
 SANDBOX_IMAGE_SIDE = 512
 """Pixels on the long side of sandbox pictures in a run: the aspect is exact, the size is kept small."""
+
+
+def sandbox_config() -> SandboxConfig:
+    """The sandbox of a run: ``GENQ_SANDBOX_*`` as set, with small pictures unless a size is set."""
+    from sandbox.config import SandboxConfig
+
+    config = SandboxConfig.from_env()
+    if config.image_long_side is None:
+        config = config.model_copy(update={"image_long_side": SANDBOX_IMAGE_SIDE})
+    return config
+
+
+def sandbox_accounts(
+    config: SandboxConfig, url: str, providers: tuple[str, ...] | None = None
+) -> list[dict[str, object]]:
+    """One account per provider on the sandbox at ``url`` (every provider genq drives when None)."""
+    from sandbox.server import account_settings
+    from workers.providers import ADAPTERS
+
+    return [
+        {
+            "name": f"sandbox-{provider}",
+            "provider": provider,
+            "api_key_env": SANDBOX_KEY_ENV,
+            "rpm": 600,
+            "max_in_flight": 32,
+            **account_settings(config, provider, f"{url}/{provider}"),
+        }
+        for provider in providers or tuple(ADAPTERS)
+    ]
 
 
 class EmbeddedStack:
@@ -73,7 +110,9 @@ class EmbeddedStack:
             }
         )
 
-    def start_worker(self) -> None:
+    def start_worker(self, *, only_batch: int | None = None) -> None:
+        """One worker with beat for every queue; with ``only_batch``, its dispatcher sends that batch's
+        jobs and no other's (``genq run`` works on its own batch)."""
         logs = self.var_dir / "logs"
         logs.mkdir(exist_ok=True)
         command = [
@@ -84,10 +123,13 @@ class EmbeddedStack:
             "--hostname", f"genq-run-{os.getpid()}@%h",
             "--loglevel", "INFO",
         ]  # fmt: skip
+        env = {**os.environ, **self.env}
+        if only_batch is not None:
+            env["GENQ_ONLY_BATCH"] = str(only_batch)
         log = open(logs / "worker.log", "ab")  # noqa: SIM115  (owned by the child)
         self.worker = subprocess.Popen(
-            command,
-            env={**os.environ, **self.env},
+            lifeline_command(command),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -115,32 +157,15 @@ class EmbeddedStack:
             self.redis = None
 
     def _start_sandbox(self) -> Path:
-        from sandbox.config import SandboxConfig
         from sandbox.server import SandboxServer
-        from workers.providers import ADAPTERS
 
-        config = SandboxConfig.from_env()
-        if config.image_long_side is None:
-            config = config.model_copy(update={"image_long_side": SANDBOX_IMAGE_SIDE})
-        server = SandboxServer(config, state_file=self.var_dir / "sandbox-world.pickle")
+        server = SandboxServer(sandbox_config(), state_file=self.var_dir / "sandbox-world.pickle")
         server.start()
         self.sandbox_server = server
-        # The same key every run: the sandbox keeps its tasks per key, and a resumed run must find them.
-        key = os.environ.get(SANDBOX_KEY_ENV) or "sandbox-local-key"
-        os.environ[SANDBOX_KEY_ENV] = key
+        os.environ[SANDBOX_KEY_ENV] = os.environ.get(SANDBOX_KEY_ENV) or SANDBOX_LOCAL_KEY
         path = self.var_dir / "sandbox-accounts.yaml"
-        accounts = [
-            {
-                "name": f"sandbox-{provider}",
-                "provider": provider,
-                "api_key_env": SANDBOX_KEY_ENV,
-                "rpm": 600,
-                "max_in_flight": 32,
-                **server.account_settings(provider),
-            }
-            for provider in self.providers or tuple(ADAPTERS)
-        ]
-        path.write_text(yaml.safe_dump({"accounts": accounts}, sort_keys=False))
+        entries = sandbox_accounts(server.config, server.url, self.providers)
+        path.write_text(yaml.safe_dump({"accounts": entries}, sort_keys=False))
         return path
 
     def __enter__(self) -> EmbeddedStack:

@@ -15,6 +15,7 @@ from pathlib import Path
 import redis
 
 from jobs.errors import ConfigError
+from jobs.lifeline import lifeline_command
 
 
 def redis_server_binary() -> str:
@@ -63,23 +64,25 @@ class EmbeddedRedis:
         self.socket.unlink(missing_ok=True)
         log = open(self.var_dir / "redis.log", "ab")  # noqa: SIM115  (owned by the child)
         self.process = subprocess.Popen(
-            [
-                redis_server_binary(),
-                "--port",
-                "0",
-                "--unixsocket",
-                str(self.socket),
-                "--unixsocketperm",
-                "700",
-                "--dir",
-                str(self.var_dir),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-            ],
+            lifeline_command(
+                [
+                    redis_server_binary(),
+                    "--port",
+                    "0",
+                    "--unixsocket",
+                    str(self.socket),
+                    "--unixsocketperm",
+                    "700",
+                    "--dir",
+                    str(self.var_dir),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--daemonize",
+                    "no",
+                ]
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # Ctrl-C reaches genq, which stops the worker before Redis

@@ -112,6 +112,10 @@ class Settings(BaseSettings):
     private or loopback address (an internal image store, a proxy); each account's own ``base_url``
     is always allowed."""
 
+    only_batch: int | None = None
+    """When set, admission sends this batch's jobs and no other's: the worker ``genq run`` starts
+    works on its own batch, and leaves other pending batches to a deployment."""
+
     def trusted(self) -> list[str]:
         return [entry.strip() for entry in self.trusted_hosts.split(",") if entry.strip()]
 

@@ -32,6 +32,8 @@ class BatchStatus:
     manifest_key: str | None = None
     errors: list[dict[str, Any]] = field(default_factory=list)
     """The first few failed jobs: line, name and reason."""
+    failure_reasons: list[dict[str, Any]] = field(default_factory=list)
+    """Every reason jobs failed for, with how many failed for it, most first."""
     on_uncertain: str = "fail"
     lost_answers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_ANSWER_COUNTS, 0))
     """Jobs whose submit answer was lost (``uncertain``), of those found at the provider and taken
@@ -79,6 +81,12 @@ def batch_status(engine: Engine, batch_id: int, *, error_limit: int = 10) -> Bat
             .order_by(col(Job.seq))
             .limit(error_limit)
         ).all()
+        reasons = session.exec(
+            select(Job.error, func.count())
+            .where(col(Job.batch_id) == batch_id, col(Job.state) == JobState.FAILED.value)
+            .group_by(col(Job.error))
+            .order_by(func.count().desc(), col(Job.error))
+        ).all()
     counts = {state.value: 0 for state in JobState}
     counts.update({state: count for state, count in rows})
     assert batch.id is not None
@@ -95,6 +103,7 @@ def batch_status(engine: Engine, batch_id: int, *, error_limit: int = 10) -> Bat
         finished_at=batch.finished_at,
         manifest_key=batch.manifest_key,
         errors=[{"job": seq, "line": line, "name": name, "error": error} for seq, line, name, error in failed],
+        failure_reasons=[{"reason": reason or "", "jobs": count} for reason, count in reasons],
         on_uncertain=batch.on_uncertain,
         lost_answers=dict(zip(LOST_ANSWER_COUNTS, lost, strict=True)),
     )

@@ -52,7 +52,8 @@ class Storage:
         """A location a person can open: a path for local files, the URL otherwise."""
         if self.root is not None:
             return str(self.root / key) if key else str(self.root)
-        return f"{self.url.rstrip('/')}/{key}"
+        # Joined without stripping the URL, so ``memory://`` stays a URL (``memory://key``, not ``memory:/key``).
+        return f"{self.url}{key}" if self.url.endswith("/") else f"{self.url}/{key}"
 
 
 def batch_folder(batch_id: int, name: str) -> str:

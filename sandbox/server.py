@@ -142,14 +142,7 @@ class SandboxServer:
     def account_settings(self, provider: str) -> dict[str, Any]:
         """What an account of ``provider`` needs to use this sandbox: ``base_url``, ``options``, and
         ``rpm`` when the sandbox limits the provider (the account should not ask for more)."""
-        api = PROVIDERS[provider]
-        settings: dict[str, Any] = {"base_url": self.base_url(provider) + api.base_path}
-        if api.account_options:
-            settings["options"] = dict(api.account_options)
-        rpm = self.config.provider(provider).rpm
-        if rpm is not None:
-            settings["rpm"] = rpm
-        return settings
+        return account_settings(self.config, provider, self.base_url(provider))
 
     def stats(self) -> dict[str, Any]:
         """What the sandbox saw, as ``GET /_sandbox/stats`` answers it."""
@@ -178,6 +171,18 @@ class SandboxServer:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def account_settings(config: SandboxConfig, provider: str, base_url: str) -> dict[str, Any]:
+    """An account of ``provider`` on a sandbox of ``config`` served at ``base_url`` (its path included)."""
+    api = PROVIDERS[provider]
+    settings: dict[str, Any] = {"base_url": base_url + api.base_path}
+    if api.account_options:
+        settings["options"] = dict(api.account_options)
+    rpm = config.provider(provider).rpm
+    if rpm is not None:
+        settings["rpm"] = rpm
+    return settings
 
 
 def serve(host: str, port: int, config: SandboxConfig | None = None) -> None:

@@ -156,3 +156,15 @@ def test_a_row_the_provider_cannot_do_exits_2_with_the_reason_and_writes_nothing
     [line] = [line.strip() for line in result.stderr.splitlines() if expected in line]
     assert len(line) > len(expected) + 20  # the reason follows the field
     assert rows(tmp_path / "var" / "genq.db") == (0, 0)
+
+
+def test_plan_for_the_sandbox_needs_no_accounts_file_and_takes_its_latency(tmp_path: Path):
+    without = genq("plan", str(EXAMPLES / "qtpixel.yaml"), cwd=tmp_path, env={"COLUMNS": "200"})
+    quick = genq("plan", str(EXAMPLES / "catalog.csv"), "--sandbox", "--json", cwd=tmp_path)
+    slow = genq("plan", str(EXAMPLES / "catalog.csv"), "--sandbox", "--json", cwd=tmp_path,
+                env={"GENQ_SANDBOX_LATENCY": "20"})  # fmt: skip
+
+    assert without.returncode == 2 and "--sandbox" in without.stderr
+    assert quick.returncode == 0 and slow.returncode == 0, quick.stderr + slow.stderr
+    assert json.loads(quick.stdout)["seconds"] < 5
+    assert 20 <= json.loads(slow.stdout)["seconds"] < 30  # one wave of 20 s: 5 jobs, 32 places

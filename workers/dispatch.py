@@ -62,7 +62,14 @@ def _admit(runtime: Runtime, account: Account, adapter: type[Provider]) -> list[
     room = min(room, allowance)
     if room <= 0:
         return []
-    return claim(runtime.engine, account, room, by_batch, queued_lease=runtime.settings.queued_lease)
+    return claim(
+        runtime.engine,
+        account,
+        room,
+        by_batch,
+        queued_lease=runtime.settings.queued_lease,
+        only_batch=runtime.settings.only_batch,
+    )
 
 
 def polls_due(engine: Engine, account: str, by: datetime) -> int:
@@ -101,10 +108,16 @@ def in_flight(engine: Engine) -> dict[str, int]:
 
 
 def claim(
-    engine: Engine, account: Account, limit: int, held: Mapping[int, int], *, queued_lease: float = 30.0
+    engine: Engine,
+    account: Account,
+    limit: int,
+    held: Mapping[int, int],
+    *,
+    queued_lease: float = 30.0,
+    only_batch: int | None = None,
 ) -> list[int]:
     """Move up to ``limit`` pending jobs this account can serve to ``queued``; ``held``: the places
-    of its cap each batch holds now.
+    of its cap each batch holds now; ``only_batch``: take none but that batch's.
 
     Higher-priority batches first; between batches of equal priority, fair shares of the account:
     each place goes to the batch holding the fewest of its places now, so an overnight catalog of
@@ -114,11 +127,10 @@ def claim(
     thousand pending jobs as with a million.
     """
     with session_scope(engine) as session:
-        batches = session.exec(
-            select(Batch.id, Batch.priority)
-            .where(col(Batch.state) == BatchState.RUNNING.value)
-            .order_by(col(Batch.priority).desc(), col(Batch.id))
-        ).all()
+        running = select(Batch.id, Batch.priority).where(col(Batch.state) == BatchState.RUNNING.value)
+        if only_batch is not None:
+            running = running.where(col(Batch.id) == only_batch)
+        batches = session.exec(running.order_by(col(Batch.priority).desc(), col(Batch.id))).all()
         chosen: list[int] = []
         for _, group in groupby(batches, key=lambda row: row[1]):
             per_batch = [

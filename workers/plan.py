@@ -107,7 +107,7 @@ def plan_batch(
             ProviderPlan(
                 provider=provider, jobs=len(jobs), pictures=sum(cost.pictures for cost in costs), submits=submits,
                 polls=polls, credits=sum(cost.credits for cost in costs), limited_requests=limited,
-                accounts=len(serving), rpm=rpm, seconds=max(_by_rate(limited, at_once, rpm), by_slots) + generation,
+                accounts=len(serving), rpm=rpm, seconds=max(_by_rate(limited, at_once, rpm) + generation, by_slots),
             )
         )  # fmt: skip
     return Plan(tuple(plans))
