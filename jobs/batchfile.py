@@ -26,11 +26,11 @@ import yaml
 from pydantic import ValidationError
 
 from jobs.errors import BatchFileError, Problem
-from jobs.spec import BatchSpec, JobSpec
+from jobs.spec import BatchSpec, JobSpec, SheetSettings
 from jobs.states import UncertainPolicy
 
 _BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
-_HEADER_FIELDS = ("name", "priority", "on_uncertain", "defaults")
+_HEADER_FIELDS = ("name", "priority", "on_uncertain", "sheets", "defaults")
 _POLICIES = tuple(policy.value for policy in UncertainPolicy)
 _JOB_FIELDS = tuple(JobSpec.model_fields)
 _OPTION_PREFIX = "options."
@@ -375,6 +375,7 @@ def _build(parsed: _Parsed, source: str, data: bytes, stem: str) -> BatchSpec:
     name = _batch_name(parsed, source, stem, problems)
     priority = _priority(parsed, source, problems)
     on_uncertain = _on_uncertain(parsed, source, problems)
+    sheets = _sheets(parsed, source, problems)
     defaults = _defaults(parsed, source, problems)
 
     jobs: list[JobSpec] = []
@@ -412,6 +413,7 @@ def _build(parsed: _Parsed, source: str, data: bytes, stem: str) -> BatchSpec:
         content_hash=hashlib.sha256(data).hexdigest(),
         priority=priority,
         on_uncertain=on_uncertain,
+        sheets=sheets,
         jobs=tuple(jobs),
         lines=tuple(lines),
     )
@@ -445,6 +447,21 @@ def _on_uncertain(parsed: _Parsed, source: str, problems: list[Problem]) -> str 
     message = f"{policy!r} is not a policy for lost answers; use {' or '.join(_POLICIES)}"
     problems.append(Problem(source, parsed.header_lines.get("on_uncertain"), "on_uncertain", message))
     return None
+
+
+def _sheets(parsed: _Parsed, source: str, problems: list[Problem]) -> SheetSettings:
+    settings = parsed.header.get("sheets", {})
+    line = parsed.header_lines.get("sheets")
+    if not isinstance(settings, dict):
+        problems.append(Problem(source, line, "sheets", "expected a mapping: padding (pixels), trim (true or false)"))
+        return SheetSettings()
+    try:
+        return SheetSettings.model_validate(settings)
+    except ValidationError as error:
+        for item in error.errors():
+            where = ".".join(str(part) for part in item["loc"])
+            problems.append(Problem(source, line, f"sheets.{where}" if where else "sheets", item["msg"]))
+        return SheetSettings()
 
 
 def _defaults(parsed: _Parsed, source: str, problems: list[Problem]) -> dict[str, Any]:

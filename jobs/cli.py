@@ -8,7 +8,8 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,12 +17,14 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from sqlalchemy import Engine
+from sqlmodel import Session
 
 from jobs import deployment, render
 from jobs.accounts import Account, load_accounts
 from jobs.batchfile import load_batch
+from jobs.checks import batch_problems, capability_problems
 from jobs.db import make_engine, migrate
-from jobs.errors import BatchFileError, ConfigError, GenqError
+from jobs.errors import BatchFileError, ConfigError, DatabaseError, GenqError, RedisUnavailable
 from jobs.settings import Settings
 from jobs.spec import BatchSpec
 from jobs.states import BatchState, UncertainPolicy
@@ -64,7 +67,6 @@ def _refuse(error: GenqError) -> typer.Exit:
 
 def _checked_batch(path: Path, settings: Settings, *, require_keys: bool = True) -> BatchSpec:
     """The batch, checked as a file and against the accounts that would serve it."""
-    from workers.providers import batch_problems
 
     spec = load_batch(path, display_name=str(path))
     accounts = load_accounts(settings.accounts, require_keys=require_keys)
@@ -84,8 +86,15 @@ def _print_summary(status: BatchStatus, settings: Settings) -> None:
     from jobs.storage import Storage, batch_folder
 
     storage = Storage(settings.resolved_storage_url())
-    manifest = storage.where(status.manifest_key) if status.manifest_key else None
-    render.print_summary(console, status, images=storage.where(batch_folder(status.id, status.name)), manifest=manifest)
+    folder = batch_folder(status.id, status.name)
+    results = storage.where(status.manifest_key) if status.manifest_key else None
+    render.print_summary(console, status, images=storage.where(folder), results=results)
+    for label, key in (("Sheets", f"{folder}/sheets/index.json"), ("Report", f"{folder}/report.html")):
+        try:
+            storage.get(key)
+        except GenqError:
+            continue
+        console.print(f"{label}: {storage.where(key.removesuffix('/index.json'))}", markup=False, soft_wrap=True)
 
 
 SandboxOpt = Annotated[bool, typer.Option("--sandbox", help="Serve the fake providers and use them.")]
@@ -105,7 +114,6 @@ def run(
     needs (Redis, a worker, the sandbox), works on this batch alone, and stops what it started when the
     batch ends or on Ctrl-C, SIGTERM or SIGHUP; running it again resumes.
     """
-    from workers.providers import capability_problems
 
     try:
         problems = capability_problems(load_batch(file, display_name=str(file)))
@@ -113,24 +121,46 @@ def run(
             raise BatchFileError(problems)
     except GenqError as error:
         raise _refuse(error) from None
+
+    def prepare(settings: Settings, engine: Engine) -> Prepared:
+        try:
+            spec = _checked_batch(file, settings)
+        except GenqError as error:
+            raise _refuse(error) from None
+        return _produce(engine, spec, settings, sandbox=sandbox, force=force, on_uncertain=on_uncertain)
+
+    _drive(prepare, sandbox=sandbox, concurrency=concurrency, again="run the same command again to resume")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What a foreground command set going: its batch, whether work of it may be in flight from an
+    earlier run (so a fresh broker must look for it), and the plan's time for it."""
+
+    batch_id: int
+    resumed: bool
+    planned_seconds: float | None
+
+
+def _drive(prepare: Callable[[Settings, Engine], Prepared], *, sandbox: bool, concurrency: int, again: str) -> None:
+    """Run a batch to its end in the foreground: in the deployment of `genq up` when it is up, else
+    on what this command starts; stopped by Ctrl-C, SIGTERM or SIGHUP."""
     with deployment.stop_signals():
         try:
             up = deployment.running(Settings())
             if up is not None:
-                _run_in_deployment(up, file, sandbox=sandbox, force=force, on_uncertain=on_uncertain)
+                _drive_in_deployment(up, prepare, sandbox=sandbox)
             else:
-                _run_here(file, sandbox=sandbox, force=force, concurrency=concurrency, on_uncertain=on_uncertain)
+                _drive_here(prepare, sandbox=sandbox, concurrency=concurrency)
         except deployment.Stopped as stopped:
-            errors.print(f"stopped by {stopped}; run the same command again to resume", highlight=False)
+            errors.print(f"stopped by {stopped}; {again}", highlight=False)
             raise typer.Exit(EXIT_SIGNALED.get(str(stopped), EXIT_INTERRUPTED)) from None
         except KeyboardInterrupt:
-            errors.print("stopped; run the same command again to resume")
+            errors.print(f"stopped; {again}")
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
 
-def _run_here(
-    file: Path, *, sandbox: bool, force: bool, concurrency: int, on_uncertain: UncertainPolicy | None
-) -> None:
+def _drive_here(prepare: Callable[[Settings, Engine], Prepared], *, sandbox: bool, concurrency: int) -> None:
     from jobs.embedded import EmbeddedStack
     from jobs.progress import WorkerDied, follow
     from workers.app import make_app
@@ -140,27 +170,51 @@ def _run_here(
     try:
         try:
             settings = stack.start_services()
-            spec = _checked_batch(file, settings)
         except GenqError as error:
             raise _refuse(error) from None
         engine = _engine(settings)
-        batch_id, created, estimate = _produce(engine, spec, settings, sandbox=sandbox, force=force,
-                                               on_uncertain=on_uncertain)  # fmt: skip
-        status = batch_status(engine, batch_id)
+        prepared = prepare(settings, engine)
+        status = batch_status(engine, prepared.batch_id)
         if not status.final:
             os.environ.update(stack.env)
-            stack.start_worker(only_batch=batch_id)
+            stack.start_worker(only_batch=prepared.batch_id)
             sender = make_app(settings)
-            if stack.fresh_broker and not created:
+            if stack.fresh_broker and prepared.resumed:
                 sender.send_task("genq.reconcile", kwargs={"stale_after": 0})
             sender.send_task("genq.dispatch")
-            status = follow(engine, batch_id, console, alive=stack.worker_alive, planned_seconds=estimate.seconds)
+            status = follow(
+                engine, prepared.batch_id, console, alive=stack.worker_alive, planned_seconds=prepared.planned_seconds
+            )
         _print_summary(status, settings)
     except WorkerDied as error:
         errors.print(f"[red]error:[/] {error}; see {settings.var_dir / 'logs' / 'worker.log'}")
         raise typer.Exit(EXIT_FAILED) from None
     finally:
         stack.stop()
+    raise typer.Exit(EXIT_OK if status.state == BatchState.SUCCEEDED else EXIT_FAILED)
+
+
+def _drive_in_deployment(
+    up: deployment.Deployment, prepare: Callable[[Settings, Engine], Prepared], *, sandbox: bool
+) -> None:
+    from jobs.progress import follow
+
+    if sandbox and not up.sandbox:
+        raise _refuse(
+            ConfigError("genq is up here without the sandbox: `genq down`, then `genq up --sandbox`, or drop --sandbox")
+        )
+    settings = deployment.settings_with(up)
+    console.print(f"using the deployment of `genq up` ({up.describe()})", highlight=False)
+    engine = _engine(settings)
+    prepared = prepare(settings, engine)
+    _kick(settings)
+    batch_id = prepared.batch_id
+    try:
+        status = follow(engine, batch_id, console, alive=up.alive, planned_seconds=prepared.planned_seconds)
+    except KeyboardInterrupt:
+        errors.print(f"stopped watching; batch {batch_id} goes on in the deployment (`genq status {batch_id}`)")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    _print_summary(status, settings)
     raise typer.Exit(EXIT_OK if status.state == BatchState.SUCCEEDED else EXIT_FAILED)
 
 
@@ -172,9 +226,8 @@ def _produce(
     sandbox: bool,
     force: bool,
     on_uncertain: UncertainPolicy | None,
-) -> tuple[int, bool, Plan]:
-    """The batch's rows written (or found, for a file seen before), its plan printed when it is new:
-    its id, whether it is new, and the plan."""
+) -> Prepared:
+    """The batch's rows written (or found, for a file seen before), its plan printed when it is new."""
     from jobs.embedded import sandbox_config
     from jobs.producer import produce
 
@@ -186,34 +239,100 @@ def _produce(
         render.print_plan(console, estimate)
     verb = "submitted" if produced.created else "resuming"
     console.print(f"{verb} batch {batch_id} ({spec.name}): {len(spec.jobs)} jobs", highlight=False)
-    return batch_id, produced.created, estimate
+    return Prepared(batch_id, resumed=not produced.created, planned_seconds=estimate.seconds)
 
 
-def _run_in_deployment(
-    up: deployment.Deployment, file: Path, *, sandbox: bool, force: bool, on_uncertain: UncertainPolicy | None
+BatchArg = Annotated[int, typer.Argument(help="A batch id (see `genq status`).", show_default=False)]
+
+
+@app.command()
+def retry(
+    batch: BatchArg,
+    failed: Annotated[bool, typer.Option("--failed/--no-failed", help="Send the rows that failed again.")] = True,
+    uncertain: Annotated[
+        bool, typer.Option("--uncertain", help="Send the rows whose submit answer was lost again.")
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only say what the retry would send and cost.")] = False,
+    sandbox: SandboxOpt = False,
+    concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 8,
 ) -> None:
-    from jobs.progress import follow
+    """Send a finished batch's failed rows again, in the same batch under the same names; the rows
+    that succeeded, and their pictures, are left as they are."""
+    from jobs.embedded import sandbox_config
+    from jobs.models import Batch as BatchRow
+    from jobs.retry import retry_rows, retry_spec, rows_to_retry
 
-    if sandbox and not up.sandbox:
-        raise _refuse(
-            ConfigError("genq is up here without the sandbox: `genq down`, then `genq up --sandbox`, or drop --sandbox")
-        )
-    settings = deployment.settings_with(up)
-    console.print(f"using the deployment of `genq up` ({up.describe()})", highlight=False)
+    def planned(settings: Settings, engine: Engine) -> tuple[list[int], Plan]:
+        """The rows to send again and what they will cost; refused when there is none."""
+        try:
+            rows = rows_to_retry(engine, batch, failed=failed, uncertain=uncertain)
+            with Session(engine) as session:
+                found = session.get(BatchRow, batch)
+            if found is None or not rows:
+                raise ConfigError(f"batch {batch} has no row to send again")
+            estimate = _plan(retry_spec(found, rows), settings, sandbox_config() if sandbox else None)
+        except GenqError as error:
+            raise _refuse(error) from None
+        render.print_plan(console, estimate)
+        return [row.id for row in rows if row.id is not None], estimate
+
+    def prepare(settings: Settings, engine: Engine) -> Prepared:
+        rows, estimate = planned(settings, engine)
+        moved = retry_rows(engine, batch, rows)
+        console.print(f"retrying batch {batch}: {moved} rows sent again", highlight=False)
+        return Prepared(batch, resumed=False, planned_seconds=estimate.seconds)
+
+    if dry_run:
+        settings = deployment.settings_with(deployment.running(Settings()))
+        rows, _ = planned(settings, _engine(settings))
+        console.print(f"{len(rows)} rows would be sent again; nothing was sent", highlight=False)
+        return
+    _drive(prepare, sandbox=sandbox, concurrency=concurrency, again=f"`genq run` or `genq up` resumes batch {batch}")
+
+
+@app.command()
+def report(batch: BatchArg) -> None:
+    """Write a batch's report.html again (its thumbnails are made only where missing)."""
+    from jobs.models import Batch as BatchRow
+    from jobs.report import write_report
+    from jobs.results import row_results
+    from workers.finish import credits_spent, run_figures
+    from workers.runtime import Runtime
+
+    settings = deployment.settings_with(deployment.running(Settings()))
+    runtime = Runtime(settings)
+    engine = _engine(settings)
     try:
-        spec = _checked_batch(file, settings)
+        with Session(engine) as session:
+            found = session.get(BatchRow, batch)
+        try:  # the plan needs the accounts; without an accounts file the report says it was not recorded
+            figures = run_figures(runtime, found, row_results(engine, batch, credits=credits_spent)) if found else None
+        except ConfigError:
+            figures = None
+        key = write_report(engine, runtime.storage, batch, figures)
     except GenqError as error:
         raise _refuse(error) from None
-    engine = _engine(settings)
-    batch_id, _, estimate = _produce(engine, spec, settings, sandbox=up.sandbox, force=force, on_uncertain=on_uncertain)
-    _kick(settings)
+    finally:
+        runtime.close()
+    storage = runtime.storage
+    console.print(f"Report: {storage.where(key)}", markup=False, soft_wrap=True)
+
+
+@app.command()
+def export(
+    batch: BatchArg,
+    destination: Annotated[Path, typer.Argument(help="A folder, or a path ending in .zip.", show_default=False)],
+) -> None:
+    """Copy a batch's pictures (by name), sheets and results out of the store into a folder or a .zip."""
+    from jobs.export import export_batch
+    from jobs.storage import Storage
+
+    settings = deployment.settings_with(deployment.running(Settings()))
     try:
-        status = follow(engine, batch_id, console, alive=up.alive, planned_seconds=estimate.seconds)
-    except KeyboardInterrupt:
-        errors.print(f"stopped watching; batch {batch_id} goes on in the deployment (`genq status {batch_id}`)")
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    _print_summary(status, settings)
-    raise typer.Exit(EXIT_OK if status.state == BatchState.SUCCEEDED else EXIT_FAILED)
+        count = export_batch(_engine(settings), Storage(settings.resolved_storage_url()), batch, destination)
+    except GenqError as error:
+        raise _refuse(error) from None
+    console.print(f"{count} files of batch {batch} written to {destination}", highlight=False)
 
 
 @app.command()
@@ -263,7 +382,6 @@ def plan(
             config = sandbox_config()
             spec = load_batch(file, display_name=str(file))
             accounts = _sandbox_accounts(config)
-            from workers.providers import batch_problems
 
             problems = batch_problems(spec, accounts)
             if problems:
@@ -318,7 +436,7 @@ def _plan(
     def generation_seconds(provider: str, model: str | None) -> float:
         try:
             seen = learned.learned(provider, model)
-        except (redis.RedisError, OSError):
+        except RedisUnavailable:
             seen = None
         return ADAPTERS[provider].typical_seconds if seen is None else seen
 
@@ -507,20 +625,22 @@ def _kick(settings: Settings) -> None:
     """Wake the dispatcher now rather than at its next tick; harmless when no broker answers."""
     import redis
 
+    from jobs.rediscalls import talking_to_redis
     from jobs.redisserver import client_url
     from workers.app import make_app
 
     try:
-        redis.Redis.from_url(client_url(settings.resolved_redis_url()), socket_timeout=1).ping()
-        make_app(settings).send_task("genq.dispatch")
-    except (redis.RedisError, OSError):
+        with talking_to_redis("waking the dispatcher"):
+            redis.Redis.from_url(client_url(settings.resolved_redis_url()), socket_timeout=1).ping()
+            make_app(settings).send_task("genq.dispatch")
+    except RedisUnavailable:
         pass
 
 
 def main() -> None:
     try:
         app()
-    except ConfigError as error:
+    except (ConfigError, DatabaseError) as error:
         errors.print(f"[red]error:[/] {error}", highlight=False)
         sys.exit(EXIT_INVALID)
 

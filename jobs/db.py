@@ -3,6 +3,14 @@
 SQLite runs in WAL mode with a busy timeout, so a worker and the CLI can write side by side.
 Migrations run under a lock (a file lock beside a SQLite file, an advisory lock on PostgreSQL) so
 several processes starting at once apply them exactly once.
+
+SQLAlchemy's errors become genq's here, by ``database_error``, wherever genq opens a unit of work
+(``session_scope``, ``migrate``, ``while_the_database_is_back``): ``DatabaseUnavailable`` when the
+database did not answer, ``DatabaseError`` when it refused a statement. Two kinds are left as they
+are: ``IntegrityError``, which is the database's answer to a claim on a unique index (a batch's
+content hash, an adopted submission, a recorded picture) that callers take inside their transaction,
+and SQLAlchemy's own complaints about how it was called (``ArgumentError``, ``InvalidRequestError``,
+``CompileError``...), which are bugs and are shown as what they are.
 """
 
 from __future__ import annotations
@@ -20,8 +28,18 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
+
+from jobs.errors import ConfigError, DatabaseError, DatabaseUnavailable
 
 _MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK_ID = 0x67656E71  # "genq"
@@ -32,6 +50,14 @@ log = logging.getLogger(__name__)
 
 
 def make_engine(url: str) -> Engine:
+    """The engine for ``url`` (``GENQ_DATABASE_URL``); a URL SQLAlchemy cannot take is a ``ConfigError``."""
+    try:
+        return _engine(url)
+    except ArgumentError as error:  # a malformed URL, an unknown dialect or driver
+        raise ConfigError(f"GENQ_DATABASE_URL cannot be used: {_first_line(error)}") from None
+
+
+def _engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
@@ -63,10 +89,55 @@ def upsert_insert(session: Session) -> Callable[..., Any]:
     return sqlite_insert if bind.dialect.name == "sqlite" else postgresql_insert
 
 
+UNAVAILABLE: tuple[type[SQLAlchemyError], ...] = (OperationalError, DisconnectionError, PoolTimeout)
+"""Failures of the database rather than of a statement: it is restarting, failing over, out of
+connections or busy (SQLite's lock), or the pool has no connection to spare. Waiting can help."""
+
+
+def database_error(error: SQLAlchemyError) -> DatabaseError | None:
+    """``error`` as genq's, or None for one left as it is (see the module's docstring).
+
+    A DBAPI error that cost its connection (SQLAlchemy marks it ``connection_invalidated``) is the
+    database gone too, whatever its class. The message keeps the driver's first line, never the
+    statement or its parameters.
+    """
+    if isinstance(error, IntegrityError):
+        return None
+    invalidated = isinstance(error, DBAPIError) and error.connection_invalidated
+    if isinstance(error, UNAVAILABLE) or invalidated:
+        return DatabaseUnavailable(f"the database did not answer: {_why(error)}")
+    if isinstance(error, DBAPIError):
+        return DatabaseError(f"the database refused a statement: {_why(error)}")
+    return None
+
+
+@contextmanager
+def database_calls() -> Iterator[None]:
+    """Raise what ``database_error`` translates from the block as genq's, from the original."""
+    try:
+        yield
+    except SQLAlchemyError as error:
+        translated = database_error(error)
+        if translated is None:
+            raise
+        raise translated from error
+
+
+def _why(error: SQLAlchemyError) -> str:
+    """The driver's class and first line (a DBAPI error's own text repeats the SQL and its values)."""
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    return f"{type(cause).__name__}: {_first_line(cause)}"
+
+
+def _first_line(error: BaseException) -> str:
+    return next(iter(str(error).strip().splitlines()), "")
+
+
 @contextmanager
 def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session that commits when the block ends and rolls back when it raises."""
-    with Session(engine, expire_on_commit=False) as session:
+    """A session that commits when the block ends and rolls back when it raises; SQLAlchemy's errors
+    leave it translated (``database_error``)."""
+    with database_calls(), Session(engine, expire_on_commit=False) as session:
         try:
             yield session
             session.commit()
@@ -80,19 +151,20 @@ def while_the_database_is_back(write: Callable[[], Any], *, patience: float = RE
     for up to ``patience`` seconds.
 
     For the writes that record what a provider answered to a paid call: lost, the answer is gone,
-    and the job with it. ``write`` must be a whole transaction of its own, safe to run again.
+    and the job with it. ``write`` must be a whole transaction of its own, safe to run again (a
+    compare-and-set whose commit was not acknowledged finds its own row the second time). Only
+    ``DatabaseUnavailable`` is waited for; once ``patience`` is spent, it is raised.
     """
     deadline = time.monotonic() + patience
     pause = 0.25
     while True:
         try:
-            return write()
-        except (OperationalError, DBAPIError) as error:
-            if not (isinstance(error, OperationalError) or error.connection_invalidated):
-                raise
+            with database_calls():
+                return write()
+        except DatabaseUnavailable as error:
             if time.monotonic() + pause > deadline:
                 raise
-            log.warning("the database did not answer (%s); writing again in %.1f s", type(error.orig).__name__, pause)
+            log.warning("%s; writing again in %.1f s", error, pause)
             time.sleep(pause)
             pause = min(pause * 2, 5.0)
 
@@ -101,7 +173,7 @@ def migrate(engine: Engine) -> None:
     """Bring the schema to the newest revision; safe to call from every process at start."""
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
-    with _migration_lock(engine), engine.begin() as connection:
+    with database_calls(), _migration_lock(engine), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 

@@ -30,7 +30,8 @@ from types import FrameType
 import redis
 
 from jobs.embedded import SANDBOX_KEY_ENV, SANDBOX_LOCAL_KEY, EmbeddedStack
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, RedisUnavailable
+from jobs.rediscalls import talking_to_redis
 from jobs.redisserver import client_url
 from jobs.settings import Settings
 
@@ -100,8 +101,9 @@ def settings_with(deployment: Deployment | None) -> Settings:
 def broker_answers(settings: Settings) -> bool:
     client = redis.Redis.from_url(client_url(settings.resolved_redis_url()), socket_timeout=2, socket_connect_timeout=2)
     try:
-        return bool(client.ping())
-    except (redis.RedisError, OSError):
+        with talking_to_redis("asking whether the broker answers"):
+            return bool(client.ping())
+    except RedisUnavailable:
         return False
     finally:
         client.close()

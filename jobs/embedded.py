@@ -45,8 +45,8 @@ def sandbox_accounts(
     config: SandboxConfig, url: str, providers: tuple[str, ...] | None = None
 ) -> list[dict[str, object]]:
     """One account per provider on the sandbox at ``url`` (every provider genq drives when None)."""
+    from jobs.spec import PROVIDERS
     from sandbox.server import account_settings
-    from workers.providers import ADAPTERS
 
     return [
         {
@@ -57,7 +57,7 @@ def sandbox_accounts(
             "max_in_flight": 32,
             **account_settings(config, provider, f"{url}/{provider}"),
         }
-        for provider in providers or tuple(ADAPTERS)
+        for provider in providers or PROVIDERS
     ]
 
 

@@ -4,7 +4,11 @@
      ├── BatchFileError        a batch file is refused; carries every problem (file, line, field)
      ├── ConfigError           accounts.yaml or a setting is wrong
      ├── StorageError          the object store refused a read or a write
+     ├── RedisUnavailable      Redis failed a command (limits, pauses, heartbeats wait or do without)
+     ├── DatabaseError         the database refused a statement: bad data, a schema behind its code
+     │    └── DatabaseUnavailable  no answer (a restart, a failover, a full pool): worth waiting for
      ├── NotFound              a batch or job id that does not exist
+     ├── NothingToRetry        a retry asked of a batch with no such row, or still running (jobs.retry)
      ├── PictureRefused        a picture that is not taken (``final`` when fetching it again cannot help)
      ├── WorkerDied            the worker a command started stopped under it
      ├── IllegalTransition     a move the job state machine does not have: a bug, never an input error
@@ -23,8 +27,16 @@
 
 What each provider outcome leads to is decided by tables keyed by class (``workers.submission``,
 ``workers.polling``), looked up through the class's MRO. Foreign errors are translated at one
-boundary each: httpx's in ``workers.providers.base.send`` and ``workers.collect``, obstore's in
-``jobs.storage``.
+boundary each, and ``tests/test_error_tree.py`` walks every class of each library to find it mapped
+(raised ``from`` the original, except httpx's: a request's text may carry a key):
+
+- httpx (and the guard's ``DestinationRefused`` beneath it): ``workers.providers.base.http_outcome``,
+  for a provider call (``send``) and a picture download (``workers.collect``) alike;
+- redis: ``jobs.rediscalls.talking_to_redis``;
+- SQLAlchemy: ``jobs.db.database_error``, applied by ``session_scope``, ``migrate`` and
+  ``while_the_database_is_back``;
+- obstore: ``jobs.storage.storage_error``;
+- Pillow: ``workers.collect.check_picture`` for pictures fetched, ``jobs.sheets`` for the frames of a sheet.
 """
 
 from __future__ import annotations
@@ -64,6 +76,24 @@ class ConfigError(GenqError):
 
 class StorageError(GenqError):
     """The object store could not read or write a key."""
+
+
+class RedisUnavailable(GenqError):
+    """Redis failed a command: unreachable, restarting, loading its file, read-only after a failover,
+    or refusing the command. What genq keeps there (rate limits, pauses, heartbeats, learned poll
+    delays, wake-up messages) is waited for or done without; the database keeps the record, so this
+    costs a delay, never a job."""
+
+
+class DatabaseError(GenqError):
+    """The database refused a statement: data it will not take, or a schema behind the code asking.
+    Running it again gives the same answer."""
+
+
+class DatabaseUnavailable(DatabaseError):
+    """The database did not answer: a restart, a failover, a dropped connection, a pool with no
+    connection to spare. Worth waiting for: the record of a paid answer is written again until it
+    comes back."""
 
 
 class NotFound(GenqError):

@@ -29,6 +29,7 @@ from sqlalchemy import Engine
 
 from jobs.accounts import load_accounts
 from jobs.batchfile import load_batch
+from jobs.checks import batch_problems
 from jobs.db import make_engine, migrate
 from jobs.errors import BatchFileError, ConfigError
 from jobs.producer import produce
@@ -145,8 +146,6 @@ def _checked(path: Path, settings: Settings) -> BatchSpec:
 
     Accounts are read for every file, so a fixed ``accounts.yaml`` needs no restart of the watcher.
     """
-    from workers.providers import batch_problems
-
     spec = load_batch(path, display_name=path.name)
     problems = batch_problems(spec, load_accounts(settings.accounts), trusted=settings.trusted())
     if problems:

@@ -36,6 +36,9 @@ class Batch(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
     manifest_key: str | None = None
+    """The batch's ``results.jsonl``, written when it ended."""
+    options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}"))
+    """Settings of the batch as a whole: ``sheets`` (padding, trim)."""
 
 
 class Job(SQLModel, table=True):
@@ -107,6 +110,10 @@ class ProviderTask(SQLModel, table=True):
     submitted_at: datetime = Field(default_factory=utcnow)
     next_poll_at: datetime = Field(default_factory=utcnow)
     finished_at: datetime | None = None
+
+
+RATE_LIMITED = "rate limited"
+"""The event of a request of the job's turned away with a 429; its detail names the account and the kind."""
 
 
 class JobEvent(SQLModel, table=True):

@@ -68,6 +68,7 @@ def _insert(session: Session, spec: BatchSpec, *, dedupe_key: str | None, on_unc
         dedupe_key=dedupe_key,
         priority=spec.priority,
         job_count=len(spec.jobs),
+        options={"sheets": spec.sheets.model_dump()},
     )
     session.add(batch)
     session.flush()

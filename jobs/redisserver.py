@@ -14,8 +14,9 @@ from pathlib import Path
 
 import redis
 
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, RedisUnavailable
 from jobs.lifeline import lifeline_command
+from jobs.rediscalls import talking_to_redis
 
 
 def redis_server_binary() -> str:
@@ -114,8 +115,9 @@ class EmbeddedRedis:
         if not self.socket.exists():
             return False
         try:
-            return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping())
-        except redis.RedisError:
+            with talking_to_redis("answering a ping"):
+                return bool(redis.Redis(unix_socket_path=str(self.socket), socket_timeout=1).ping())
+        except RedisUnavailable:
             return False
 
     def __enter__(self) -> EmbeddedRedis:

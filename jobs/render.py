@@ -178,7 +178,7 @@ def print_lost_answers(console: Console, status: BatchStatus, prefix: str = "") 
         )
 
 
-def print_summary(console: Console, status: BatchStatus, *, images: str, manifest: str | None) -> None:
+def print_summary(console: Console, status: BatchStatus, *, images: str, results: str | None) -> None:
     """The end of a run: counts, failures, lost answers, and where the pictures are."""
     table = _table(title=f"batch {status.id} · {status.name} · {status.state}")
     for column in ("jobs", "succeeded", "failed", "canceled", "images"):
@@ -192,5 +192,5 @@ def print_summary(console: Console, status: BatchStatus, *, images: str, manifes
     print_failures(console, status)
     print_lost_answers(console, status)
     console.print(f"Images: {images}", markup=False, soft_wrap=True)
-    if manifest:
-        console.print(f"Manifest: {manifest}", markup=False, soft_wrap=True)
+    if results:
+        console.print(f"Results: {results}", markup=False, soft_wrap=True)

@@ -14,6 +14,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 PROVIDERS: tuple[str, ...] = ("gencraft", "girlgenerator", "talecraft", "qtpixel", "cloudsway")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]*(/[A-Za-z0-9][A-Za-z0-9._\-]*)*$")
+_ANIMATION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,63}$")
+
+
+def _usable_name(value: str | None, what: str) -> str | None:
+    if value is not None and (not _NAME.match(value) or ".." in value):
+        raise ValueError(f"{value!r} is not a usable {what}: letters, digits, '.', '_', '-' and '/' between parts")
+    return value
 
 
 class JobSpec(BaseModel):
@@ -38,6 +45,14 @@ class JobSpec(BaseModel):
     style: str | None = None
     background: str | None = None
     sprite: str | None = None
+    sheet: str | None = None
+    """The sprite sheet this row's pictures are frames of; rows naming the same sheet share one."""
+    animation: str | None = None
+    """The animation of the sheet the frames belong to (a qtpixel sprite's mode by default)."""
+    frame: int | None = Field(default=None, ge=0)
+    """The frame's place in its sheet; frames are ordered by it, then by line."""
+    fps: float | None = Field(default=None, gt=0, le=120)
+    """Frames a second of the animation (8 when unset)."""
     options: dict[str, Any] = Field(default_factory=dict)
     """Passed to the provider as is, after genq's own fields."""
 
@@ -58,11 +73,30 @@ class JobSpec(BaseModel):
     @field_validator("name")
     @classmethod
     def _safe_name(cls, value: str | None) -> str | None:
-        if value is not None and (not _NAME.match(value) or ".." in value):
-            raise ValueError(
-                f"{value!r} is not a usable image name: letters, digits, '.', '_', '-' and '/' between parts"
-            )
+        return _usable_name(value, "image name")
+
+    @field_validator("sheet")
+    @classmethod
+    def _safe_sheet(cls, value: str | None) -> str | None:
+        return _usable_name(value, "sheet name")
+
+    @field_validator("animation")
+    @classmethod
+    def _safe_animation(cls, value: str | None) -> str | None:
+        if value is not None and not _ANIMATION.match(value):
+            raise ValueError(f"{value!r} is not a usable animation name: up to 64 letters, digits, '.', '_', '-'")
         return value
+
+
+class SheetSettings(BaseModel):
+    """How a batch's sprite sheets are packed (the ``sheets`` header of a YAML or JSONL file)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    padding: int = Field(default=0, ge=0, le=64)
+    """Transparent pixels between frames."""
+    trim: bool = False
+    """Cut each frame's transparent border off, keeping its offset in the atlas."""
 
 
 class BatchSpec(BaseModel):
@@ -77,6 +111,7 @@ class BatchSpec(BaseModel):
     on_uncertain: str | None = None
     """What becomes of a job whose lost answer the provider cannot account for (``fail`` or
     ``resubmit``); None when the file does not say."""
+    sheets: SheetSettings = SheetSettings()
     jobs: tuple[JobSpec, ...]
     lines: tuple[int, ...]
     """The source line of each job, in the same order."""

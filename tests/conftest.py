@@ -3,6 +3,7 @@ sandbox over HTTP, and real ``celery worker`` processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -51,16 +52,24 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'genq.db'}"
         return
-    base = os.environ["GENQ_TEST_DATABASE_URL"]
-    schema = f"genq_test_{uuid.uuid4().hex[:10]}"
+    with postgres_schema(os.environ["GENQ_TEST_DATABASE_URL"]) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def postgres_schema(base: str, prefix: str = "genq_test") -> Iterator[str]:
+    """A URL of the PostgreSQL at ``base`` whose tables go into a schema of their own, dropped after."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin = make_engine(base)
     with admin.begin() as connection:
         connection.execute(text(f"CREATE SCHEMA {schema}"))
     separator = "&" if "?" in base else "?"
-    yield f"{base}{separator}options=-csearch_path%3D{schema}"
-    with admin.begin() as connection:
-        connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    admin.dispose()
+    try:
+        yield f"{base}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
 
 
 @pytest.fixture

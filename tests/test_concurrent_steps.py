@@ -1,9 +1,11 @@
 """Steps that run at the same moment in two processes: the last two provider tasks of one job ended
-by two polls at once, and two dispatch rounds admitting to one account at once. On PostgreSQL, where
-they truly overlap (SQLite lets one writer through at a time)."""
+by two polls at once (the job is then collected and ends succeeded with both pictures), and two
+dispatch rounds admitting to one account at once. On PostgreSQL, where they truly overlap (SQLite
+lets one writer through at a time)."""
 
 from __future__ import annotations
 
+import hashlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from threading import Barrier
@@ -13,9 +15,11 @@ from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
-from jobs.models import Batch, Job, ProviderTask
+from jobs.models import Asset, Batch, Job, ProviderTask
 from jobs.settings import Settings
+from workers.collect import collect_job
 from workers.dispatch import dispatch
+from workers.finish import job_ended
 from workers.polling import PollResult, end_task
 from workers.providers.base import Finished, Image
 from workers.runtime import Runtime
@@ -24,9 +28,9 @@ ROUNDS = 15
 CAP = 3
 
 
-def runtime_for(tmp_path: Path, database_url: str, redis_url: str) -> Runtime:
+def runtime_for(tmp_path: Path, database_url: str, redis_url: str, base_url: str = "http://127.0.0.1:9") -> Runtime:
     account = {"name": "gc", "provider": "gencraft", "api_key_env": "GENQ_TEST_STEP_KEY",
-               "base_url": "http://127.0.0.1:9", "rpm": 6000, "max_in_flight": CAP}  # fmt: skip
+               "base_url": base_url, "rpm": 6000, "max_in_flight": CAP}  # fmt: skip
     path = tmp_path / "accounts.yaml"
     path.write_text(yaml.safe_dump({"accounts": [account]}))
     return Runtime(Settings(database_url=database_url, redis_url=redis_url, accounts=path, var_dir=tmp_path))
@@ -39,8 +43,9 @@ def a_batch(engine, jobs: int, *, state: str = "pending", tasks: int = 0) -> lis
         session.flush()
         ids = []
         for seq in range(1, jobs + 1):
-            job = Job(batch_id=batch.id, seq=seq, line=seq + 1, provider="gencraft", spec={"prompt": f"kite {seq}"},
-                      state=state, account="gc" if state != "pending" else None)  # fmt: skip
+            job = Job(batch_id=batch.id, seq=seq, line=seq + 1, provider="gencraft",
+                      spec={"prompt": f"kite {seq}", "provider": "gencraft"}, state=state,
+                      account="gc" if state != "pending" else None)  # fmt: skip
             session.add(job)
             session.flush()
             assert job.id is not None
@@ -51,11 +56,12 @@ def a_batch(engine, jobs: int, *, state: str = "pending", tasks: int = 0) -> lis
     return ids
 
 
-def test_two_polls_ending_the_last_two_tasks_of_a_job_at_once_move_it(
-    tmp_path, engine, database_url, clean_redis, monkeypatch
+def test_two_polls_ending_the_last_two_tasks_of_a_job_at_once_end_it_succeeded(
+    tmp_path, engine, database_url, clean_redis, sandbox_server, monkeypatch
 ):
     monkeypatch.setenv("GENQ_TEST_STEP_KEY", "k")
-    runtimes = [runtime_for(tmp_path, database_url, clean_redis) for _ in range(2)]
+    runtimes = [runtime_for(tmp_path, database_url, clean_redis, sandbox_server.base_url("gencraft"))
+                for _ in range(2)]  # fmt: skip
     job_ids = a_batch(engine, ROUNDS, state="running", tasks=2)
     with Session(engine) as session:
         tasks = session.exec(select(ProviderTask).order_by(col(ProviderTask.id))).all()
@@ -69,17 +75,28 @@ def test_two_polls_ending_the_last_two_tasks_of_a_job_at_once_move_it(
             runtime, task = pair
             result = PollResult()
             together.wait()
-            end_task(runtime, task, Finished((Image(f"http://127.0.0.1:9/{task.remote_id}.png"),)), result)
+            picture = Image(f"{sandbox_server.url}/_sandbox/samples/{task.remote_id}.png")
+            end_task(runtime, task, Finished((picture,)), result)
             return result
 
         with ThreadPoolExecutor(2) as pool:
             results = list(pool.map(finish, zip(runtimes, by_job[job_id], strict=True)))
         ready += [found for result in results for found in result.ready]
 
+    assert sorted(ready) == sorted(job_ids)  # each job handed to collect exactly once
+    for job_id in ready:  # what the collect task each poll sends does
+        collect_job(runtimes[0], job_id)
+        job_ended(runtimes[0], job_id)
+
     with Session(engine) as session:
         states = session.exec(select(Job.state).where(col(Job.id).in_(job_ids))).all()
-    assert states == ["collecting"] * ROUNDS
-    assert sorted(ready) == sorted(job_ids)  # each job handed to collect exactly once
+        assets = session.exec(select(Asset).where(col(Asset.job_id).in_(job_ids))).all()
+        batch = session.exec(select(Batch)).one()
+    assert states == ["succeeded"] * ROUNDS
+    assert sorted((asset.job_id, asset.index) for asset in assets) == [(j, i) for j in sorted(job_ids) for i in (0, 1)]
+    for asset in assets:  # both pictures of every job are in storage, as recorded
+        assert hashlib.sha256(runtimes[0].storage.get(asset.key)).hexdigest() == asset.sha256
+    assert batch.state == "succeeded"
     for runtime in runtimes:
         runtime.close()
 

@@ -23,15 +23,9 @@ import httpcore
 import httpx
 import pytest
 
-from jobs.errors import GenqError
-from workers.guard import (
-    AddressPolicy,
-    DestinationRefused,
-    GuardedTransport,
-    NameNotResolved,
-    check_url,
-    system_resolve,
-)
+from jobs.addresses import AddressPolicy, check_url, system_resolve
+from jobs.errors import DestinationRefused, GenqError, NameNotResolved
+from workers.guard import GuardedTransport
 
 # --- the pieces: servers, a listener that counts, a dialer that records ---------------------------
 

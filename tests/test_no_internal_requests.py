@@ -12,12 +12,12 @@ from sqlmodel import Session
 
 from jobs.accounts import load_accounts
 from jobs.batchfile import load_batch
+from jobs.checks import batch_problems
 from jobs.db import session_scope
 from jobs.errors import PictureRefused
 from jobs.models import Batch, Job, ProviderTask
 from jobs.settings import Settings
 from workers.collect import collect_job
-from workers.providers import batch_problems
 from workers.runtime import Runtime
 
 

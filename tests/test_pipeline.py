@@ -67,7 +67,7 @@ def test_a_batch_file_becomes_stored_pictures(tmp_path: Path, genq_env: dict[str
     keys = {asset.key for asset in assets}
     folder = f"catalog-{batch.id}"
     assert {f"{folder}/sku-1042/front.png", f"{folder}/sneaker-1.png", f"{folder}/sneaker-2.png"} <= keys
-    manifest = storage.get(f"{folder}/manifest.jsonl").decode().splitlines()
+    manifest = storage.get(f"{folder}/results.jsonl").decode().splitlines()
     assert len(manifest) == 4
 
     stats = httpx.get(f"{sandbox_server.url}/_sandbox/stats").json()

@@ -1,5 +1,5 @@
 """The object store: the same behaviour from local files, memory and S3, and a batch run end to end with its
-pictures and manifests in S3.
+pictures and results in S3.
 
 S3 is moto's server mode, a local S3 on loopback started by this module; genq reaches it exactly as the
 production stack reaches MinIO (``GENQ_STORAGE_URL=s3://bucket/prefix`` and the ``AWS_*`` variables of
@@ -218,7 +218,7 @@ def test_a_store_url_obstore_cannot_open_is_a_storage_error() -> None:
 # -- a whole batch through S3 ----------------------------------------------------------------------
 
 
-def test_a_batch_stores_its_pictures_and_manifests_in_s3(
+def test_a_batch_stores_its_pictures_and_results_in_s3(
     tmp_path: Path, genq_env: dict[str, str], s3_bucket: Bucket, start_worker: Any
 ) -> None:
     """The production path: a worker given ``s3://`` stores every picture there, as the database records it."""
@@ -255,20 +255,23 @@ def test_a_batch_stores_its_pictures_and_manifests_in_s3(
     reader = Storage(s3_bucket.url)
     assert all(reader.get(asset.key) == s3_bucket.read(asset.key) for asset in assets)
 
-    # The manifests are beside the pictures and account for every job and every picture.
-    assert finished is not None and finished.manifest_key == f"{folder}/manifest.jsonl"
-    lines = [json.loads(line) for line in s3_bucket.read(f"{folder}/manifest.jsonl").decode().splitlines()]
+    # The results are beside the pictures and account for every row and every picture.
+    assert finished is not None and finished.manifest_key == f"{folder}/results.jsonl"
+    lines = [json.loads(line) for line in s3_bucket.read(f"{folder}/results.jsonl").decode().splitlines()]
     assert [line["job"] for line in lines] == [job.seq for job in jobs]
+    assert [line["fields"]["prompt"] for line in lines] == [job.spec["prompt"] for job in jobs]
     assert all(line["state"] == "succeeded" for line in lines)
     recorded = {(a.key, a.sha256, a.bytes) for a in assets}
-    listed = {(image["key"], image["sha256"], image["bytes"]) for line in lines for image in line["images"]}
+    listed = {(image["key"], image["sha256"], image["bytes"]) for line in lines for image in line["pictures"]}
     assert listed == recorded
-    rows = list(csv.DictReader(io.StringIO(s3_bucket.read(f"{folder}/manifest.csv").decode())))
+    rows = list(csv.DictReader(io.StringIO(s3_bucket.read(f"{folder}/results.csv").decode())))
     assert [int(row["job"]) for row in rows] == [job.seq for job in jobs]
-    assert {key for row in rows for key in row["image_keys"].split()} == {a.key for a in assets}
+    assert {key for row in rows for key in row["pictures"].split()} == {a.key for a in assets}
+    assert s3_bucket.read(f"{folder}/errors.csv").decode().splitlines() == ["prompt,provider,name"]
 
     # Nothing went anywhere else: the bucket holds this batch's folder only, and no local store was made.
     stored_keys = s3_bucket.keys()
-    assert {a.key for a in assets} | {f"{folder}/manifest.jsonl", f"{folder}/manifest.csv"} <= stored_keys
+    results = {f"{folder}/{name}" for name in ("results.jsonl", "results.csv", "errors.csv")}
+    assert {a.key for a in assets} | results <= stored_keys
     assert all(key.startswith(f"{folder}/") for key in stored_keys), stored_keys
     assert not (tmp_path / "objects").exists()

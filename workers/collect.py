@@ -11,6 +11,7 @@ import base64
 import binascii
 import hashlib
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 
@@ -21,11 +22,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
-from jobs.errors import DestinationRefused, PictureRefused
+from jobs.errors import DestinationRefused, GenqError, PictureRefused
 from jobs.lifecycle import JobState, TaskState, move
 from jobs.models import Asset, Batch, Job, ProviderTask, utcnow
 from jobs.storage import batch_folder
 from workers.liveness import holder_id
+from workers.providers.base import HTTP_ERRORS, InvalidRequest, http_outcome, read_capped
 from workers.runtime import Runtime
 
 
@@ -40,6 +42,8 @@ class Picture:
 
 DEFAULT_MAX_PIXELS = 64_000_000
 """Pixels a picture may have (``GENQ_MAX_IMAGE_PIXELS``), below Pillow's own bomb guard."""
+
+log = logging.getLogger(__name__)
 
 _TYPES = {"PNG": ("image/png", "png"), "JPEG": ("image/jpeg", "jpg"), "WEBP": ("image/webp", "webp")}
 
@@ -69,7 +73,11 @@ def collect_job(runtime: Runtime, job_id: int) -> bool:
     for index, url in enumerate(urls):
         if index in done:
             continue
-        picture = check_picture(download(runtime, url), max_pixels=runtime.settings.max_image_pixels)
+        data = download(runtime, url)
+        try:
+            picture = check_picture(data, max_pixels=runtime.settings.max_image_pixels)
+        except PictureRefused as refused:  # the reason names the picture, as a download's does
+            raise PictureRefused(f"image {shown_url(url)}: {refused}", final=refused.final) from None
         key = asset_key(batch, job, index, len(urls), picture.extension)
         runtime.storage.put(key, picture.data)
         _record(runtime, job_id, index, key, picture)
@@ -81,9 +89,22 @@ def collect_job(runtime: Runtime, job_id: int) -> bool:
         return move(session, job_id, JobState.COLLECTING, JobState.SUCCEEDED, error=None, holder=None)
 
 
+def collect_failed(runtime: Runtime, job_id: int, error: GenqError, *, retry_in: float | None) -> None:
+    """A collect that raised ``error`` (a picture refused, a store that refused a write): one worker
+    log line naming the job and its account (never a key), then the job fails with the reason, unless
+    it is to be tried again in ``retry_in`` seconds. A refusal is seen in the log, not only in the row."""
+    with Session(runtime.engine) as session:
+        job = session.get(Job, job_id)
+    account = job.account if job is not None else None
+    step = "fail" if retry_in is None else f"retry in {retry_in:g} s"
+    log.warning("collect of job %s on %s: %s (%s): %s", job_id, account, type(error).__name__, step, error)
+    if retry_in is None:
+        fail_collect(runtime, job_id, str(error))
+
+
 def fail_collect(runtime: Runtime, job_id: int, reason: str) -> None:
     with session_scope(runtime.engine) as session:
-        move(session, job_id, JobState.COLLECTING, JobState.FAILED, error=reason)
+        move(session, job_id, JobState.COLLECTING, JobState.FAILED, error=reason, holder=None)
 
 
 def asset_key(batch: Batch, job: Job, index: int, total: int, extension: str) -> str:
@@ -94,55 +115,164 @@ def asset_key(batch: Batch, job: Job, index: int, total: int, extension: str) ->
 
 
 def download(runtime: Runtime, url: str) -> bytes:
+    """The picture's bytes, at most ``max_image_bytes`` of them.
+
+    Redirects (a CDN's 302) are followed here, hop by hop, rather than by httpx: each hop still goes
+    through the guard like the first, and a refusal can then say which hop it was. Reasons show a
+    URL without its query (``shown_url``): a signed link's query is a credential.
+    """
     limit = runtime.settings.max_image_bytes
     if url.startswith("data:"):
         return _inline(url, limit)
+    shown = shown_url(url)
+    request = runtime.http.build_request("GET", _parsed(url))
+    hops = 0
     try:
-        # Redirects are followed (a CDN's 302), each hop checked by the guard like the first.
-        with runtime.http.stream("GET", url, follow_redirects=True) as response:
-            if response.status_code in (403, 404, 410):
-                raise PictureRefused(f"image {url} answered {response.status_code}", final=True)
-            if not response.is_success:
-                raise PictureRefused(f"image {url} answered {response.status_code}", final=False)
-            declared = int(response.headers.get("content-length") or 0)
-            if declared > limit:
-                raise PictureRefused(f"image {url} is {declared} bytes, over the {limit} byte limit", final=True)
-            body = bytearray()
-            for chunk in response.iter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise PictureRefused(f"image {url} is over the {limit} byte limit", final=True)
-            return bytes(body)
+        while True:
+            response = runtime.http.send(request, stream=True, follow_redirects=False)
+            try:
+                if response.next_request is None:
+                    return _body(response, shown, limit)
+                request = response.next_request
+            finally:
+                response.close()
+            hops += 1
+            if hops > runtime.http.max_redirects:
+                raise PictureRefused(f"image {shown}: more than {runtime.http.max_redirects} redirects", final=True)
     except DestinationRefused as error:
-        raise PictureRefused(f"image URL refused: {error}", final=True) from None
-    except httpx.RequestError as error:  # every httpx failure of a request, DecodingError included
-        raise PictureRefused(f"image {url} could not be downloaded: {type(error).__name__}", final=False) from None
+        hop = f" redirected to {shown_url(str(request.url))}," if hops else ""
+        raise PictureRefused(f"image {shown}:{hop} refused before connecting: {error}", final=True) from None
+    except HTTP_ERRORS as error:  # every other httpx failure, translated as a provider call's are
+        outcome = http_outcome(error, request.url, paid=False)
+        final = isinstance(outcome, InvalidRequest)  # a URL httpx cannot take: fetching again cannot help
+        raise PictureRefused(f"image {shown} could not be downloaded: {outcome}", final=final) from None
+
+
+def shown_url(url: str) -> str:
+    """``url`` as reasons and log lines show it: scheme, host, port and path, without the query, the
+    fragment or user info (a signed link carries its token there), and not endlessly long."""
+    if url.startswith("data:"):
+        return "(sent inline)"
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return _clip(repr(url.split("?", 1)[0].split("#", 1)[0]))
+    return _clip(f"{parsed.scheme}://{parsed.netloc.decode('ascii', 'replace')}{parsed.path}")
+
+
+def _parsed(url: str) -> httpx.URL:
+    try:
+        return httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        raise PictureRefused(f"image {shown_url(url)}: not a URL", final=True) from None
+
+
+def _body(response: httpx.Response, shown: str, limit: int) -> bytes:
+    """The body of a picture's answer, read as it comes and never past ``limit`` bytes."""
+    if response.status_code in (403, 404, 410):
+        raise PictureRefused(f"image {shown} answered {response.status_code}", final=True)
+    if not response.is_success:
+        raise PictureRefused(f"image {shown} answered {response.status_code}", final=False)
+    declared = int(response.headers.get("content-length") or 0)
+    if declared > limit:
+        raise PictureRefused(f"image {shown} is {declared} bytes, over the {limit} byte limit", final=True)
+    body = read_capped(response, limit)
+    if body is None:
+        raise PictureRefused(f"image {shown} is over the {limit} byte limit", final=True)
+    return body
 
 
 def check_picture(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Picture:
     """The picture, proven readable; its size is checked from the header before anything is decoded,
-    so a small file that would unpack to gigabytes (a decompression bomb) is refused unread."""
+    so a small file that would unpack to gigabytes (a decompression bomb) is refused unread.
+
+    Whatever Pillow raises on the way is a final refusal: its format plugins raise what their
+    parsers meet on a hostile file (``OSError``, ``SyntaxError``, ``struct.error``, ``zlib.error``,
+    ``ValueError``, ``EOFError``, ``IndexError``...), and the same bytes would fail the same way
+    again. Only Pillow's calls are inside the ``try``, so no error of ours is taken for a bad picture.
+    """
     try:
         with warnings.catch_warnings():
             # Below Pillow's refusal its warning is only noise: the pixel cap below is lower.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as image:
                 width, height, kind = image.width, image.height, image.format
-                if width * height > max_pixels:
-                    raise PictureRefused(
-                        f"a picture of {width}x{height} ({width * height / 1e6:.0f} MP), over the "
-                        f"{max_pixels / 1e6:.0f} MP limit",
-                        final=True,
-                    )
-                image.verify()
+                if width * height <= max_pixels:
+                    image.verify()
     except Image.DecompressionBombError as error:
-        raise PictureRefused(f"a decompression bomb: {error}", final=True) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise PictureRefused(f"not a readable image ({len(data)} bytes): {error}", final=True) from None
+        raise PictureRefused(_bomb(data, error), final=True) from None
+    except Exception as error:  # every Pillow failure: see the docstring
+        raise PictureRefused(f"not a readable image: {_unreadable(data, error)}", final=True) from None
+    if width * height > max_pixels:
+        raise PictureRefused(
+            f"a picture of {width}x{height} ({width * height / 1e6:.0f} MP), over the "
+            f"{max_pixels / 1e6:.0f} MP limit; not decoded",
+            final=True,
+        )
     if kind not in _TYPES:
         raise PictureRefused(f"an image of type {kind}, not PNG, JPEG or WebP", final=True)
     content_type, extension = _TYPES[kind]
     return Picture(data, width, height, content_type, extension)
+
+
+def _bomb(data: bytes, error: Image.DecompressionBombError) -> str:
+    """The reason for a picture past Pillow's bomb guard, with the size its header declares."""
+    size = declared_size(data)
+    if size is None:  # a format that checks while it opens (GIF frames, DCX): Pillow's words say it
+        return f"a decompression bomb ({len(data)} bytes); not decoded: {_clip(str(error))}"
+    width, height = size
+    limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+    return (
+        f"a decompression bomb: {width}x{height} ({width * height / 1e6:.0f} MP) in {len(data)} bytes, past "
+        f"Pillow's limit of {limit / 1e6:.0f} MP; not decoded"
+    )
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """The width and height a picture's header declares, read as ``Image.open`` reads it (the first
+    format plugin that takes the file) but without its bomb check, which refuses before saying the
+    size. Only the header is read; nothing is decoded. None when no plugin reads a size."""
+    Image.init()
+    prefix = data[:16]
+    for kind in Image.ID:
+        factory, accept = Image.OPEN[kind]
+        taken = accept(prefix) if accept is not None else True
+        if not taken or isinstance(taken, str):  # a str is a plugin's warning that it does not take it
+            continue
+        try:
+            with factory(io.BytesIO(data), "") as image:
+                return image.size
+        except Exception:  # not this plugin's file, or its header is broken: as Image.open, the next
+            continue
+    return None
+
+
+def _unreadable(data: bytes, error: Exception) -> str:
+    """What the bytes look like and what Pillow said, in a few words."""
+    if isinstance(error, UnidentifiedImageError):  # its message names a BytesIO object, not the file
+        said = "no image format recognised"
+    else:
+        said = f"{type(error).__name__}: {_clip(str(error))}"
+    return f"{looks_like(data)} ({said})"
+
+
+def looks_like(data: bytes) -> str:
+    """A few words on what a body that should have been a picture is: an HTML page is a login wall or
+    an error page served with 200, which says more than Pillow's words do."""
+    if not data:
+        return "an empty body"
+    head = data[:1024].lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in head:
+        return f"an HTML page of {len(data)} bytes"
+    if head.startswith((b"{", b"[")):
+        return f"a JSON body of {len(data)} bytes"
+    if head.startswith(b"<"):
+        return f"an XML or HTML body of {len(data)} bytes"
+    return f"{len(data)} bytes"
+
+
+def _clip(text: str, limit: int = 200) -> str:
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def _record(runtime: Runtime, job_id: int, index: int, key: str, picture: Picture) -> None:

@@ -1,24 +1,35 @@
-"""Finish: when every job of a batch is final, the batch is final, with a manifest in storage.
+"""Finish: when every job of a batch is final, the batch is final, with what it leaves behind in storage.
 
-The manifest (JSONL and CSV, one line per job) is written before the batch row changes, so a batch
-marked final always has one; two workers finishing the same batch write the same bytes.
+Its results (``results.jsonl``, ``results.csv``, ``errors.csv``) are written before the batch row
+changes, so a batch marked final always has them; its sprite sheets before them and its report after
+(``jobs.outputs``). Two workers finishing the same batch write the same bytes.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-from typing import Any
+import logging
+import math
+from collections.abc import Sequence
 
+from pydantic import ValidationError
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
+from jobs.errors import GenqError
 from jobs.lifecycle import FINAL, BatchState, JobState
-from jobs.models import Asset, Batch, Job, utcnow
-from jobs.storage import batch_folder
+from jobs.models import RATE_LIMITED, Batch, Job, JobEvent, ProviderTask, utcnow
+from jobs.outputs import plan_sheets, sheet_of, write_sheets
+from jobs.report import AccountFigures, RunFigures, write_report
+from jobs.results import RowResult, row_results, write_results
+from jobs.retry import retry_spec
+from jobs.spec import JobSpec
+from workers.plan import Plan, plan_batch
+from workers.providers import ADAPTERS
+from workers.providers.base import Cost
 from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
 
 
 def job_ended(runtime: Runtime, job_id: int) -> None:
@@ -42,65 +53,103 @@ def finish_batch_if_done(runtime: Runtime, batch_id: int) -> bool:
     if any(state not in FINAL for state in counts):
         return False
     state = BatchState.SUCCEEDED if set(counts) <= {JobState.SUCCEEDED.value} else BatchState.FAILED
-    manifest_key = write_manifest(runtime, batch)
+    results_key = write_outputs(runtime, batch)
     with session_scope(runtime.engine) as session:
         moved = session.execute(
             update(Batch)
             .where(col(Batch.id) == batch_id, col(Batch.state) == BatchState.RUNNING.value)
-            .values(state=state.value, finished_at=utcnow(), manifest_key=manifest_key)
+            .values(state=state.value, finished_at=utcnow(), manifest_key=results_key)
         )
         return bool(moved.rowcount == 1)  # type: ignore[attr-defined]
 
 
-def manifest_rows(runtime: Runtime, batch: Batch) -> list[dict[str, Any]]:
+def write_outputs(runtime: Runtime, batch: Batch) -> str:
+    """Sheets, results and the report of a batch whose jobs are all final; the key of ``results.jsonl``.
+    A sheet or a report that cannot be made is said in the log and never keeps the batch open."""
+    assert batch.id is not None
+    try:
+        write_sheets(runtime.storage, batch, plan_sheets(runtime.engine, batch.id, frames_expected))
+    except GenqError as error:
+        log.warning("batch %d: its sprite sheets could not be made: %s", batch.id, error)
+    results = row_results(runtime.engine, batch.id, credits=credits_spent, sheet_of=sheet_of)
+    key = write_results(runtime.storage, batch, results)
+    try:
+        write_report(runtime.engine, runtime.storage, batch.id, run_figures(runtime, batch, results))
+    except GenqError as error:
+        log.warning("batch %d: its report could not be written: %s", batch.id, error)
+    return key
+
+
+def run_figures(runtime: Runtime, batch: Batch, results: Sequence[RowResult]) -> RunFigures:
+    """Planned beside spent, for the report. The plan is made again from the rows at each provider's
+    typical time (what ``genq plan`` says before anything was learned); requests spent are each
+    submitted row's submit requests and its tasks' polls; 429s are the turned-away requests recorded."""
+    assert batch.id is not None
     with Session(runtime.engine) as session:
         jobs = session.exec(select(Job).where(col(Job.batch_id) == batch.id).order_by(col(Job.seq))).all()
-        assets = session.exec(
-            select(Asset).join(Job, col(Job.id) == col(Asset.job_id)).where(col(Job.batch_id) == batch.id)
-        ).all()
-    by_job: dict[int, list[Asset]] = {}
-    for asset in sorted(assets, key=lambda a: (a.job_id, a.index)):
-        by_job.setdefault(asset.job_id, []).append(asset)
-    return [
-        {
-            "job": job.seq,
-            "line": job.line,
-            "name": job.name,
-            "provider": job.provider,
-            "account": job.account,
-            "state": job.state,
-            "error": job.error,
-            "prompt": job.spec.get("prompt"),
-            "images": [
-                {"key": a.key, "sha256": a.sha256, "bytes": a.bytes, "width": a.width, "height": a.height}
-                for a in by_job.get(job.id or 0, [])
-            ],
-        }
-        for job in jobs
-    ]
-
-
-def write_manifest(runtime: Runtime, batch: Batch) -> str:
-    rows = manifest_rows(runtime, batch)
-    assert batch.id is not None
-    folder = batch_folder(batch.id, batch.name)
-    jsonl = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    runtime.storage.put(f"{folder}/manifest.jsonl", jsonl.encode())
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["job", "line", "name", "provider", "account", "state", "error", "image_keys"])
-    for row in rows:
-        writer.writerow(
-            [
-                row["job"],
-                row["line"],
-                row["name"] or "",
-                row["provider"],
-                row["account"] or "",
-                row["state"],
-                row["error"] or "",
-                " ".join(image["key"] for image in row["images"]),
-            ]
+        polls = dict(
+            session.exec(
+                select(ProviderTask.job_id, func.sum(col(ProviderTask.polls)))
+                .join(Job, col(Job.id) == col(ProviderTask.job_id))
+                .where(col(Job.batch_id) == batch.id)
+                .group_by(col(ProviderTask.job_id))
+            ).all()
         )
-    runtime.storage.put(f"{folder}/manifest.csv", out.getvalue().encode())
-    return f"{folder}/manifest.jsonl"
+        turned_away = session.exec(
+            select(JobEvent.detail)
+            .join(Job, col(Job.id) == col(JobEvent.job_id))
+            .where(col(Job.batch_id) == batch.id, col(JobEvent.event) == RATE_LIMITED)
+        ).all()
+    requests: dict[str, int] = {}
+    for job in jobs:
+        if job.account is None or job.id not in polls:
+            continue
+        cost = _cost(job)
+        sent = (cost.requests if cost is not None else 1) + job.attempts + int(polls[job.id] or 0)
+        requests[job.account] = requests.get(job.account, 0) + sent
+    limited: dict[str, int] = {}
+    for detail in turned_away:
+        account = detail.split(":", 1)[0]
+        limited[account] = limited.get(account, 0) + 1
+    planned = _planned(runtime, batch, jobs)
+    return RunFigures(
+        planned_requests=planned.requests if planned else None,
+        planned_credits=planned.credits if planned else None,
+        planned_seconds=planned.seconds if planned and math.isfinite(planned.seconds) else None,
+        spent_requests=sum(requests.values()),
+        spent_credits=sum(result.credits for result in results),
+        accounts=tuple(
+            AccountFigures(name, requests=requests.get(name, 0), rate_limited=limited.get(name, 0), paused_seconds=None)
+            for name in sorted(set(requests) | set(limited))
+        ),
+    )
+
+
+def _planned(runtime: Runtime, batch: Batch, jobs: Sequence[Job]) -> Plan | None:
+    try:
+        spec = retry_spec(batch, jobs)
+    except ValidationError:
+        return None
+    return plan_batch(spec, runtime.accounts, lambda provider, _model: ADAPTERS[provider].typical_seconds,
+                      spread=runtime.settings.rate_spread)  # fmt: skip
+
+
+def frames_expected(job: Job) -> int:
+    """The pictures a job makes (a sprite mode's frames), so a failed one still holds its cells."""
+    cost = _cost(job)
+    return cost.pictures if cost is not None else 1
+
+
+def credits_spent(job: Job, pictures: int) -> int:
+    """What a job that got its pictures was charged, by its provider's price."""
+    cost = _cost(job)
+    return cost.credits if cost is not None else pictures
+
+
+def _cost(job: Job) -> Cost | None:
+    """The job's price by its adapter; None for a row no adapter can read (an older genq's, say)."""
+    adapter = ADAPTERS.get(job.provider)
+    try:
+        return adapter.cost(JobSpec.model_validate(job.spec)) if adapter else None
+    except ValidationError:
+        return None

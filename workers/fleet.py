@@ -8,11 +8,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
-import redis
 from sqlmodel import Session, select
 
 from jobs.accounts import Account
+from jobs.errors import RedisUnavailable
 from jobs.models import AccountBalance
+from jobs.rediscalls import talking_to_redis
 from workers.dispatch import in_flight
 from workers.runtime import Runtime
 
@@ -45,9 +46,10 @@ def account_reports(runtime: Runtime, accounts: Mapping[str, Account]) -> list[A
     reports = []
     for account in accounts.values():
         try:
-            standing = runtime.limiter.standing(account.name)
-        except (redis.RedisError, OSError):
-            standing = None
+            with talking_to_redis("reading the account's standing"):
+                standing = runtime.limiter.standing(account.name)
+        except RedisUnavailable:
+            standing = None  # the report says so (``used_last_minute`` None) rather than failing
         balance = balances.get(account.name)
         reports.append(
             AccountReport(

@@ -29,7 +29,7 @@ from sqlmodel import Session, col, select
 
 from jobs.db import is_sqlite, session_scope
 from jobs.lifecycle import JobState, TaskState, move
-from jobs.models import Job, ProviderTask, utcnow
+from jobs.models import RATE_LIMITED, Job, JobEvent, ProviderTask, utcnow
 from jobs.settings import Settings
 from workers.providers import adapter_class
 from workers.providers.base import (
@@ -215,6 +215,10 @@ def _after_poll_error(
     if step is PollStep.WAIT:
         assert isinstance(error, RateLimited)
         runtime.limiter.pause(account_name, error.retry_after, "rate limited by the provider (429)")
+        with session_scope(runtime.engine) as session:
+            # One line per request turned away, on the first job it asked about: a batch's 429s are counted
+            # from these.
+            session.add(JobEvent(job_id=tasks[0].job_id, event=RATE_LIMITED, detail=f"{account_name}: poll{wait}"))
         _reschedule(runtime, tasks, error.retry_after)
     elif step is PollStep.ROTATE:
         why = "the provider refused its key" if isinstance(error, BadCredentials) else "the account was refused"

@@ -126,9 +126,7 @@ def _lost_submits(session: Session, now: datetime, stale_after: float | None, de
 def _finish_running(runtime: Runtime, found: Reconciled) -> None:
     """Running jobs no poll will move: every task ended (a poll that ended the last one died before
     moving the job), or an account that is gone."""
-    ended = ~exists().where(
-        col(ProviderTask.job_id) == col(Job.id), col(ProviderTask.state) == TaskState.RUNNING.value
-    )
+    ended = ~exists().where(col(ProviderTask.job_id) == col(Job.id), col(ProviderTask.state) == TaskState.RUNNING.value)
     with session_scope(runtime.engine) as session:
         rows = session.exec(select(Job.id).where(col(Job.state) == JobState.RUNNING.value, ended).limit(500)).all()
         for job_id in rows:

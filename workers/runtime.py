@@ -14,12 +14,13 @@ import redis
 from sqlalchemy import Engine
 
 from jobs.accounts import Account, load_accounts
+from jobs.checks import address_policy
 from jobs.db import make_engine
 from jobs.redisserver import client_url
 from jobs.settings import Settings
 from jobs.storage import Storage
 from workers.guard import GuardedTransport
-from workers.providers import address_policy, provider_for
+from workers.providers import provider_for
 from workers.providers.base import Provider
 from workers.ratelimit import RateLimiter
 from workers.timing import CompletionTimes

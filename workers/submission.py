@@ -17,12 +17,13 @@ from enum import Enum
 from functools import partial
 from typing import Any
 
-import redis
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope, upsert_insert, while_the_database_is_back
+from jobs.errors import RedisUnavailable
 from jobs.lifecycle import JobState, TaskState, move
-from jobs.models import AccountBalance, Job, JobEvent, ProviderTask, utcnow
+from jobs.models import RATE_LIMITED, AccountBalance, Job, JobEvent, ProviderTask, utcnow
+from jobs.rediscalls import talking_to_redis
 from jobs.spec import JobSpec
 from workers.liveness import holder_id
 from workers.providers.base import (
@@ -73,9 +74,11 @@ NEXT_STEP: dict[type[ProviderError], NextStep] = {
 }
 
 ROTATION_REASONS: dict[type[ProviderError], str] = {
+    ProviderError: "the account cannot take jobs now",
     BadCredentials: "the provider refused its key",
     OutOfCredits: "out of credits",
 }
+"""Why an account left the rotation, as its pause says; looked up through the MRO, like ``NEXT_STEP``."""
 
 
 def next_step(error: ProviderError) -> NextStep:
@@ -116,8 +119,9 @@ def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
         return AfterSubmit()
 
     try:
-        wait = runtime.limiter.acquire(account.name, account.rpm)
-    except (redis.RedisError, OSError):
+        with talking_to_redis("taking a rate-limit token"):
+            wait = runtime.limiter.acquire(account.name, account.rpm)
+    except RedisUnavailable:
         # Nothing was sent: the job goes back as it came, for the reconciler to send again.
         with session_scope(runtime.engine) as session:
             move(session, job_id, JobState.SUBMITTING, JobState.QUEUED, holder=None, lease_until=utcnow())
@@ -135,8 +139,10 @@ def _not_now(runtime: Runtime, job: Job, wait: float) -> AfterSubmit:
     """The key has no request to spare: back to queued, leased for the wait, or back to pending for
     another account when this one is out of rotation."""
     assert job.id is not None
+    with talking_to_redis("reading the account's standing"):
+        out_of_rotation = runtime.limiter.standing(job.account or "").out_of_rotation
     with session_scope(runtime.engine) as session:
-        if runtime.limiter.standing(job.account or "").out_of_rotation:
+        if out_of_rotation:
             move(session, job.id, JobState.SUBMITTING, JobState.PENDING, account=job.pinned_account, holder=None)
             return AfterSubmit()
         lease = utcnow() + timedelta(seconds=wait + runtime.settings.queued_lease)
@@ -210,9 +216,10 @@ def record_balance(session: Session, account: str, provider: str, credits: float
 def _pause(runtime: Runtime, account: str, seconds: float, why: str, *, out_of_rotation: bool = False) -> None:
     """Pause the account for the fleet; a Redis that does not answer costs the pause, not the job."""
     try:
-        runtime.limiter.pause(account, seconds, why, out_of_rotation=out_of_rotation)
-    except (redis.RedisError, OSError) as error:
-        log.warning("account %s not paused (%s): Redis did not answer: %s", account, why, error)
+        with talking_to_redis(f"pausing account {account}"):
+            runtime.limiter.pause(account, seconds, why, out_of_rotation=out_of_rotation)
+    except RedisUnavailable as error:
+        log.warning("account %s not paused (%s): %s", account, why, error)
 
 
 def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | None:
@@ -227,10 +234,11 @@ def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | No
         if step is NextStep.WAIT:
             assert isinstance(error, RateLimited)
             _pause(runtime, job.account, error.retry_after, "rate limited by the provider (429)")
+            session.add(JobEvent(job_id=job.id, event=RATE_LIMITED, detail=f"{job.account}: submit{wait}"))
             move(session, job.id, JobState.SUBMITTING, JobState.QUEUED, **released)
             return error.retry_after
         if step is NextStep.ROTATE:
-            why = ROTATION_REASONS.get(type(error), "the account cannot take jobs now")
+            why = decide(ROTATION_REASONS, error)
             _pause(runtime, job.account, runtime.settings.rotation_pause, why, out_of_rotation=True)
             if job.rotations + 1 >= runtime.settings.max_rotations:
                 released["error"] = f"{reason} ({job.rotations + 1} times; no account took it)"

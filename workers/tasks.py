@@ -3,21 +3,27 @@ wake-ups. Arguments are ids only, never a key or a prompt."""
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Sequence
 from typing import Any
 
+import redis
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import WorkerLostError
 from celery import Task
 from celery.signals import worker_init
+from celery.worker.request import Request
 
 from jobs.db import make_engine, migrate
 from jobs.errors import PictureRefused, StorageError
+from jobs.redisserver import client_url
 from jobs.settings import Settings
 from workers.app import MAX_COUNTDOWN, app
-from workers.collect import collect_job, fail_collect
+from workers.collect import collect_failed, collect_job
 from workers.dispatch import dispatch
 from workers.finish import job_ended
-from workers.liveness import Heartbeat
+from workers.liveness import Heartbeat, forget_child
 from workers.polling import due_polls, poll_tasks
 from workers.reconcile import reconcile
 from workers.runtime import Runtime
@@ -26,11 +32,51 @@ from workers.submission import submit_job
 
 COLLECT_RETRIES = 5
 
+log = logging.getLogger(__name__)
+# httpx logs every request's full URL at INFO, and a signed picture link's query is its credential:
+# the worker's own lines name what went wrong (without the query), so httpx speaks only of trouble.
+logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class GenqRequest(Request):  # type: ignore[misc]
+    """A task's message as the worker's main process handles it. When the pool process running it
+    died (SIGKILL, out of memory), Celery hands the main process a ``WorkerLostError`` and requeues the
+    message; the dead process's heartbeat is then dropped and the reconciler woken, so the jobs it held
+    (a submit mid-call, a collect) are taken at once, not when its heartbeat would have run out."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> Any:
+        outcome = super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+        error = exc_info.exception
+        if isinstance(error, ExceptionWithTraceback):
+            error = error.exc
+        if isinstance(error, WorkerLostError) and self.worker_pid:
+            _pool_process_died(self.worker_pid)
+        return outcome
+
+
+def _pool_process_died(pid: int) -> None:
+    try:
+        client = redis.Redis.from_url(
+            client_url(Settings().resolved_redis_url()), socket_timeout=2, socket_connect_timeout=2
+        )
+        try:
+            holders = forget_child(client, pid)
+        finally:
+            client.close()
+        if holders:
+            log.warning("pool process %d died holding jobs as %s: reconciling now", pid, ", ".join(holders))
+            reconcile_task.apply_async()
+    except Exception:
+        # This runs in the worker's main process, inside its event loop, where an error would stop the
+        # worker; the dead process's heartbeat still runs out by itself, a little later.
+        log.exception("pool process %d died; its jobs wait for its heartbeat to run out", pid)
+
 
 class GenqTask(Task):  # type: ignore[misc]
     """A task with the process's ``Runtime``, built on first use after the fork, and the process's
     heartbeat, started with it: a process that holds jobs is one whose death must be seen."""
 
+    Request = GenqRequest
     _runtime: Runtime | None = None
     _heartbeat: Heartbeat | None = None
     _lock = threading.Lock()
@@ -99,17 +145,16 @@ def poll_task(self: GenqTask, provider_task_ids: Sequence[int]) -> None:
 def collect_task(self: GenqTask, job_id: int) -> None:
     try:
         collect_job(self.runtime, job_id)
-    except PictureRefused as error:
-        if error.final or self.request.retries >= COLLECT_RETRIES:
-            fail_collect(self.runtime, job_id, str(error))
+    except (PictureRefused, StorageError) as error:
+        # A refusal that fetching again cannot help fails the job at once; a failed download, or a
+        # store that refused a write, is tried again, then the job fails with why (never left collecting).
+        final = isinstance(error, PictureRefused) and error.final
+        if final or self.request.retries >= COLLECT_RETRIES:
+            collect_failed(self.runtime, job_id, error, retry_in=None)
         else:
-            raise self.retry(countdown=min(2**self.request.retries, MAX_COUNTDOWN)) from None
-    except StorageError as error:
-        # The store refused a write: tried again, then the job fails with why (never left collecting).
-        if self.request.retries >= COLLECT_RETRIES:
-            fail_collect(self.runtime, job_id, str(error))
-        else:
-            raise self.retry(countdown=min(2**self.request.retries, MAX_COUNTDOWN)) from None
+            countdown = min(2**self.request.retries, MAX_COUNTDOWN)
+            collect_failed(self.runtime, job_id, error, retry_in=countdown)
+            raise self.retry(countdown=countdown) from None
     job_ended(self.runtime, job_id)
 
 

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import redis
 
+from jobs.errors import RedisUnavailable
+from jobs.rediscalls import talking_to_redis
 from workers import keys
 
 QUANTILE = 0.9
@@ -70,13 +72,15 @@ class CompletionTimes:
         this is read while a paid answer is being recorded, which must not fail for want of it."""
         try:
             learned = self.learned(provider, model)
-        except (redis.RedisError, OSError):
+        except RedisUnavailable:
             return self.default
         return self.default if learned is None else learned
 
     def learned(self, provider: str, model: str | None) -> float | None:
-        """The delay learned so far, or None when no task of this provider and model has finished."""
-        value = self._client.hget(keys.first_poll(), _field(provider, model))
+        """The delay learned so far, or None when no task of this provider and model has finished;
+        ``RedisUnavailable`` when Redis cannot say."""
+        with talking_to_redis("reading the learned poll delay"):
+            value = self._client.hget(keys.first_poll(), _field(provider, model))
         return None if value is None else float(value)  # type: ignore[arg-type]
 
     def observe_finished(
@@ -89,7 +93,8 @@ class CompletionTimes:
             field, elapsed, 1 if at_first_poll else 0, gap, self.default, EARLY_SHARE, WINDOW, QUANTILE,
             self.floor, self.ceiling,
         ]  # fmt: skip
-        return float(self._observe(keys=[keys.completions(field), keys.first_poll()], args=args))
+        with talking_to_redis("learning a completion time"):
+            return float(self._observe(keys=[keys.completions(field), keys.first_poll()], args=args))
 
 
 def _field(provider: str, model: str | None) -> str:

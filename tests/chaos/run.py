@@ -378,6 +378,7 @@ def _figures(
         "pictures_matching": matching,
         "kills": len(kills),
         "held_by_killed": len(waits) + unmoved,
+        "measured": len(waits),
         "unmoved": unmoved,
         "wait_p90": round(_p90(waits), 1) if waits else 0.0,
         "wait_max": round(max(waits), 1) if waits else 0.0,
@@ -413,10 +414,13 @@ def _report(figures: dict[str, object], work: Path) -> int:
          f"pictures made but not stored, by provider: {no_picture}"),
         ("every stored picture's sha256 matches", figures["pictures"] == figures["pictures_matching"],
          f"{figures['pictures_matching']}/{figures['pictures']} pictures match"),
+        # Kills every few seconds over minutes must catch some process holding a job; a run that
+        # measured no wait has shown nothing about this goal, so it does not meet it.
         (f"a killed worker's job moves within {MOVE_GOAL:.0f} s (p90)",
-         figures["unmoved"] == 0 and float(figures["wait_p90"]) <= MOVE_GOAL,  # type: ignore[arg-type]
-         f"{figures['held_by_killed']} jobs held by {figures['kills']} killed processes: p90 {figures['wait_p90']} s, "
-         f"longest {figures['wait_max']} s, never moved {figures['unmoved']}"),
+         figures["measured"] > 0 and figures["unmoved"] == 0  # type: ignore[operator]
+         and float(figures["wait_p90"]) <= MOVE_GOAL,  # type: ignore[arg-type]
+         f"{figures['held_by_killed']} jobs held by {figures['kills']} killed processes, {figures['measured']} "
+         f"measured: p90 {figures['wait_p90']} s, longest {figures['wait_max']} s, never moved {figures['unmoved']}"),
         ("every worker alive", figures["alive"] == figures["processes"], f"alive: {figures['alive']}"),
     ]  # fmt: skip
     print(f"\nchaos: {figures['seconds']} s; " + "; ".join(figures["events"]))  # type: ignore[arg-type]

@@ -7,7 +7,8 @@ ids to poll) or, for a synchronous provider, ``Finished``; polls answer a status
 
 The outcomes are the ``ProviderError`` branch of the one tree in ``jobs.errors``.
 
-Foreign errors (httpx's) are translated here, at one boundary, by ``send``. What a failed answer
+Foreign errors (httpx's) are translated here, at one boundary, by ``http_outcome``: for a provider
+call (``send``) and a picture download (``workers.collect``) alike. What a failed answer
 means is decided here too, by ``failed_answer``, one rule for every adapter: only the provider's own
 documented error (its error body, in its documented shape) says nothing was started and may be sent
 again. Anything else after a paid request left (a gateway's 502/503/504 page, a time-out, a cut
@@ -17,6 +18,7 @@ body, an answer that cannot be read) is a lost answer: the provider may have tak
 from __future__ import annotations
 
 import json
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +41,7 @@ from jobs.errors import (
     Transient,
     Unreadable,
 )
+from jobs.offers import Unsupported
 from jobs.spec import JobSpec
 
 __all__ = [
@@ -49,11 +52,12 @@ __all__ = [
 
 
 Decision = TypeVar("Decision")
+Keyed = TypeVar("Keyed", bound=BaseException)
 
 
-def decide(table: Mapping[type[ProviderError], Decision], error: ProviderError) -> Decision:
+def decide(table: Mapping[type[Keyed], Decision], error: Keyed) -> Decision:
     """The entry of ``table`` for the nearest class of ``error`` (a subclass takes its parent's):
-    policies are tables keyed by class, never matched by message."""
+    policies are tables keyed by class, never matched by message or looked up by exact type."""
     for cls in type(error).__mro__:
         if cls in table:
             return table[cls]
@@ -122,13 +126,6 @@ class Cost:
     pictures: int = 1
     credits: int = 1
 
-
-@dataclass(frozen=True)
-class Unsupported:
-    """A job field the provider cannot do as asked, and why; refused when the batch file is loaded."""
-
-    field: str
-    reason: str
 
 DEFAULT_ANSWER_CAP = 2 * 1024 * 1024
 """Bytes of a provider's answer read at most (``GENQ_MAX_ANSWER_BYTES``), after decoding."""
@@ -240,18 +237,11 @@ def send(
     try:
         response = client.send(request, stream=True)
         try:
-            body = _read_capped(response, cap)
+            body = read_capped(response, cap)
         finally:
             response.close()
-    except DestinationRefused as error:
-        raise InvalidRequest(f"refused to connect: {error}") from None
-    except NOT_SENT as error:
-        raise Transient(f"could not connect to {request.url.host}: {type(error).__name__}") from None
-    except httpx.RequestError as error:
-        what = f"no answer from {request.url.host} ({_LOST_WORDS.get(type(error), type(error).__name__)})"
-        if paid:
-            raise AnswerLost(f"{what}; the request may have been taken") from None
-        raise Transient(what) from None
+    except HTTP_ERRORS as error:
+        raise http_outcome(error, request.url, paid=paid) from None
     if body is None:
         what = f"{request.url.host} answered more than {cap} bytes"
         raise AnswerTooLarge(f"{what}; the request may have been taken" if paid else what)
@@ -279,15 +269,58 @@ def _written_forms(secret: str) -> set[bytes]:
     return {secret.encode(), escaped.encode(), escaped.replace("/", "\\/").encode()}
 
 
-def _read_capped(response: httpx.Response, cap: int) -> bytes | None:
-    """The decoded body, or None as soon as it grows past ``cap`` bytes (the rest is never read)."""
-    body = bytearray()
-    for chunk in response.iter_bytes():
-        body += chunk
-        if len(body) > cap:
-            return None
-    return bytes(body)
+def read_capped(response: httpx.Response, cap: int) -> bytes | None:
+    """The decoded body, or None as soon as it grows past ``cap`` bytes (the rest is never read).
 
+    A gzip or deflate body is inflated here, never more than ``cap`` bytes past what was kept: httpx
+    inflates each network read whole, so a few kilobytes of a gzip bomb would take a worker's memory
+    before any cap could look at them. A body that does not inflate is an ``httpx.DecodingError``, as
+    httpx would raise it. Other encodings are left to httpx.
+    """
+    decoder = _inflater(response.headers.get("content-encoding", ""))
+    body = bytearray()
+    if decoder is None:
+        for chunk in response.iter_bytes():
+            body += chunk
+            if len(body) > cap:
+                return None
+        return bytes(body)
+    try:
+        for raw in response.iter_raw():
+            pending = raw
+            while pending:
+                body += decoder.decompress(pending, cap + 1 - len(body))
+                if len(body) > cap:
+                    return None
+                pending = decoder.unconsumed_tail
+        body += decoder.flush()
+    except zlib.error as error:
+        raise httpx.DecodingError(f"the body does not inflate: {error}", request=response.request) from None
+    return None if len(body) > cap else bytes(body)
+
+
+def _inflater(encoding: str) -> Any:
+    """A zlib decompressor for a gzip or deflate body, or None for any other encoding. ``deflate`` is the
+    zlib format, as HTTP defines it; a raw deflate stream (some servers send one) does not inflate."""
+    kind = encoding.strip().lower()
+    if kind in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if kind == "deflate":
+        return zlib.decompressobj(32 + zlib.MAX_WBITS)
+    return None
+
+
+HTTP_ERRORS: tuple[type[Exception], ...] = (
+    httpx.HTTPError,
+    httpx.InvalidURL,
+    httpx.StreamError,
+    httpx.CookieConflict,
+    DestinationRefused,
+)
+"""What sending a request and reading its answer can raise: every class httpx exports, and the
+guard's refusal, which passes through ``client.send`` as it is. ``StreamError`` and ``CookieConflict``
+are bugs in genq, but one may come after a paid request left, so they too become an outcome (lost,
+for a paid call) rather than a crash that leaves the job where it was."""
 
 NOT_SENT: tuple[type[httpx.RequestError], ...] = (
     httpx.ConnectError,
@@ -299,12 +332,62 @@ NOT_SENT: tuple[type[httpx.RequestError], ...] = (
 )
 """httpx errors raised before any byte of the request reached the provider."""
 _LOST_WORDS: dict[type[Exception], str] = {
+    httpx.HTTPError: "the request failed",
+    httpx.TimeoutException: "timed out",
     httpx.ReadTimeout: "timed out waiting for the answer",
     httpx.WriteTimeout: "timed out sending the request",
-    httpx.RemoteProtocolError: "the connection closed mid-answer",
+    httpx.NetworkError: "the connection broke",
     httpx.ReadError: "the connection broke mid-answer",
+    httpx.WriteError: "the connection broke while sending",
+    httpx.ProtocolError: "the connection broke the HTTP protocol",
+    httpx.RemoteProtocolError: "the connection closed mid-answer",
     httpx.DecodingError: "an answer body that cannot be decoded",
+    httpx.TooManyRedirects: "redirected too many times",
+    httpx.StreamError: "a body read twice or after it closed, a bug in genq",
+    httpx.CookieConflict: "two cookies of one name, a bug in genq",
 }
+"""What a failure after the request left says, for a reason a person reads; looked up through the MRO."""
+
+
+def http_outcome(error: Exception, url: httpx.URL | str, *, paid: bool) -> ProviderError:
+    """What a request that raised ``error`` (one of ``HTTP_ERRORS``) means: the one translation of
+    httpx's errors, for a provider call and a picture download alike.
+
+    Refused before any connection (the guard's ``DestinationRefused``, a URL httpx cannot take):
+    ``InvalidRequest``, final. Failed before the request left (``NOT_SENT``): ``Transient``. Failed
+    after it left: ``AnswerLost`` when the call is ``paid`` (the provider may have started the work),
+    else ``Transient``: a lost poll or download costs nothing to repeat. A status raised by
+    ``raise_for_status`` is judged as an answer with no documented error is. The message names the
+    host, never the URL's path or query, which may carry a signature or a key.
+    """
+    host = _host(url)
+    if isinstance(error, DestinationRefused):
+        return InvalidRequest(f"refused to connect: {error}")
+    if isinstance(error, httpx.InvalidURL):
+        return InvalidRequest(f"{host or 'a URL'} cannot be requested: not a valid URL")
+    if isinstance(error, httpx.HTTPStatusError):
+        return _status_outcome(error.response, host, paid=paid)
+    if isinstance(error, NOT_SENT):
+        return Transient(f"could not connect to {host}: {type(error).__name__}")
+    what = f"no answer from {host}: {decide(_LOST_WORDS, error)} ({type(error).__name__})"
+    return AnswerLost(f"{what}; the request may have been taken") if paid else Transient(what)
+
+
+def _status_outcome(response: httpx.Response, host: str, *, paid: bool) -> ProviderError:
+    """A failed status as ``failed_answer`` judges one with no documented error, from the status and
+    headers alone (the body of a streamed answer may not have been read)."""
+    if response.status_code == 429:
+        return RateLimited(f"{host} 429: rate limited", retry_after(response))
+    what = f"{host} answered {response.status_code}"
+    return AnswerLost(f"{what}; the request may have been taken") if paid else Transient(what)
+
+
+def _host(url: httpx.URL | str) -> str:
+    """The host of ``url``, or "" when it has none or cannot be parsed."""
+    try:
+        return (url if isinstance(url, httpx.URL) else httpx.URL(url)).host
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return ""
 
 
 def failed_answer(

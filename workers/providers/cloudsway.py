@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import httpx
 
+from jobs.offers import Unsupported
+from jobs.offers import cloudsway as offer
 from jobs.spec import JobSpec
 from workers.providers.base import (
     AnswerLost,
@@ -32,20 +34,11 @@ from workers.providers.base import (
     TaskFailed,
     TaskStatus,
     Transient,
-    Unsupported,
     failed_answer,
     json_body,
     retry_after,
     unreadable,
 )
-
-ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "16:9", "9:16")
-COUNTS = range(1, 9)
-"""Pictures one task may make (``batchsize``)."""
-STEPS = range(4, 11)
-UNSUPPORTED_FIELDS = ("model", "mode", "size", "references", "style", "background", "sprite")
-"""JobSpec fields the deployment has no parameter for: refused rather than silently dropped (the model
-is the deployment's, and the size follows from the aspect)."""
 
 
 class Cloudsway(Provider):
@@ -53,19 +46,7 @@ class Cloudsway(Provider):
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:
-        problems = []
-        if spec.aspect is not None and spec.aspect not in ASPECTS:
-            reason = f"aspect {spec.aspect!r} is not offered; use one of {', '.join(ASPECTS)}"
-            problems.append(Unsupported("aspect", reason))
-        if spec.count not in COUNTS:
-            reason = f"one task makes {COUNTS.start} to {COUNTS.stop - 1} pictures, not {spec.count}; split the job"
-            problems.append(Unsupported("count", reason))
-        if spec.steps is not None and spec.steps not in STEPS:
-            problems.append(Unsupported("steps", f"steps must be from {STEPS.start} to {STEPS.stop - 1}"))
-        for field in UNSUPPORTED_FIELDS:
-            if getattr(spec, field) not in (None, ()):
-                problems.append(Unsupported(field, f"cloudsway has no {field} setting"))
-        return problems
+        return offer.check(spec)
 
     def submit(self, spec: JobSpec) -> Started:
         body: dict[str, Any] = {"prompts": spec.prompt, "batchsize": spec.count}

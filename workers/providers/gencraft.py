@@ -1,9 +1,7 @@
 """GenCraft: submit, then poll; one submit with ``count`` > 1 starts several tasks; batch polls of 20.
 
-Every listed model (``gpt-image-2``, ``pro``, ``flash2``, ``flash``) takes modes ``text`` and ``edit``
-only; ``fusion`` is documented, yet no model supports it, so ``check`` refuses it at load rather than
-letting the provider answer 400 at send. The seed says ``count`` is "capped per model" but publishes
-no caps: 4 for every model is our choice, and the sandbox enforces the same.
+What it takes (models and their modes, aspects, sizes, the count per model) is its offer,
+``jobs.offers.gencraft``, which ``check`` answers with.
 
 Reference pictures (``references``, URLs) go through ``POST /api/v1/upload`` first, as the seed asks:
 the service fetches each and returns a stable URL for ``imageUrls``. A job with references and no
@@ -17,13 +15,15 @@ Errors come as ``{"error": {"type": T, "message": M}}``.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 import httpx
 
+from jobs.offers import Unsupported
+from jobs.offers import gencraft as offer
 from jobs.spec import JobSpec
 from workers.providers.base import (
     AnswerLost,
@@ -43,28 +43,12 @@ from workers.providers.base import (
     TaskStatus,
     Transient,
     Unreadable,
-    Unsupported,
     failed_answer,
     json_body,
     retry_after,
     unreadable,
 )
 
-MODEL_MODES = {
-    "gpt-image-2": ("text", "edit"),
-    "pro": ("text", "edit"),
-    "flash2": ("text", "edit"),
-    "flash": ("text", "edit"),
-}
-"""The seed's model table: each model and the modes it supports."""
-DEFAULT_MODEL = "gpt-image-2"
-DOCUMENTED_MODES = ("text", "edit", "fusion")
-MODEL_MAX_COUNT = dict.fromkeys(MODEL_MODES, 4)
-"""Pictures one submit may ask of each model: unpublished, 4 is our choice (the sandbox agrees)."""
-ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9", "21:9")
-SIZES = ("1K", "2K", "4K")
-UNSUPPORTED_FIELDS = ("seed", "steps", "style", "background", "sprite")
-"""JobSpec fields GenCraft has no parameter for: refused rather than silently dropped."""
 NOTHING_STARTED = "upstream_error"
 """The one documented server error: the upstream model failed, no task was started."""
 HISTORY_PAGE = 50
@@ -118,33 +102,7 @@ class Gencraft(Provider):
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:
-        problems = []
-        model = spec.model or DEFAULT_MODEL
-        modes = MODEL_MODES.get(model)
-        if modes is None:
-            problems.append(_not_offered("model", model, MODEL_MODES))
-        mode = _mode(spec)
-        if mode == "fusion":
-            problems.append(Unsupported("mode", "fusion is documented, but no model supports it; use text or edit"))
-        elif mode not in DOCUMENTED_MODES:
-            problems.append(Unsupported("mode", f"mode {mode!r} is not offered; use text or edit"))
-        elif modes is not None and mode not in modes:
-            problems.append(Unsupported("mode", f"model {model} does not support mode {mode}"))
-        if mode == "edit" and not spec.references:
-            problems.append(Unsupported("references", "mode edit needs at least one reference picture"))
-        if mode == "text" and spec.references:
-            problems.append(Unsupported("references", "mode text takes no reference pictures; use mode edit"))
-        if spec.aspect is not None and spec.aspect not in ASPECTS:
-            problems.append(_not_offered("aspect", spec.aspect, ASPECTS))
-        if spec.size is not None and spec.size not in SIZES:
-            problems.append(_not_offered("size", spec.size, SIZES))
-        cap = MODEL_MAX_COUNT.get(model)
-        if cap is not None and spec.count > cap:
-            problems.append(Unsupported("count", f"model {model} makes at most {cap} pictures a submit"))
-        for field in UNSUPPORTED_FIELDS:
-            if getattr(spec, field) is not None:
-                problems.append(Unsupported(field, f"gencraft has no {field} setting"))
-        return problems
+        return offer.check(spec)
 
     @classmethod
     def cost(cls, spec: JobSpec) -> Cost:
@@ -286,7 +244,7 @@ def _fingerprint(body: dict[str, Any]) -> tuple[Any, ...]:
     """What history shows of a request, the documented defaults filled in."""
     return (
         body.get("prompt"),
-        body.get("model", DEFAULT_MODEL),
+        body.get("model", offer.DEFAULT_MODEL),
         body.get("mode", "text"),
         body.get("aspect", "1:1"),
         body.get("imageSize", "2K"),
@@ -296,15 +254,6 @@ def _fingerprint(body: dict[str, Any]) -> tuple[Any, ...]:
 
 def _fingerprint_of(item: HistoryItem) -> tuple[Any, ...]:
     return (item.prompt, item.model, item.mode, item.aspect, item.image_size, item.image_count)
-
-
-def _mode(spec: JobSpec) -> str:
-    """The mode the job is sent with: as asked, else ``edit`` when it has references, else ``text``."""
-    return spec.mode or ("edit" if spec.references else "text")
-
-
-def _not_offered(field: str, value: str, offered: Iterable[str]) -> Unsupported:
-    return Unsupported(field, f"{field} {value!r} is not offered; use one of {', '.join(offered)}")
 
 
 def _error_for(response: httpx.Response, kind: str, message: str) -> ProviderError:

@@ -13,6 +13,8 @@ from typing import Any, ClassVar
 
 import httpx
 
+from jobs.offers import Unsupported
+from jobs.offers import girlgenerator as offer
 from jobs.spec import JobSpec
 from workers.providers.base import (
     AnswerLost,
@@ -30,27 +32,14 @@ from workers.providers.base import (
     TaskFailed,
     TaskStatus,
     Transient,
-    Unsupported,
     failed_answer,
     json_body,
     retry_after,
     unreadable,
 )
 
-TEXT, IMAGE = "text-to-image", "image-to-image"
-SCENES = (TEXT, IMAGE)
-ASPECTS = ("auto", "1:1", "3:2", "2:3", "9:16", "16:9", "3:4", "4:3")
-MAX_PROMPT = 2000
-"""Characters a prompt may have."""
 REFUSAL_WORDS = "content policy"
 """What a task refused by the content filter says in its ``error`` (the seed's failed example)."""
-UNSUPPORTED_FIELDS = ("model", "size", "seed", "steps", "style", "background", "sprite")
-"""JobSpec fields the API has no parameter for: refused rather than silently dropped."""
-
-
-def scene_of(spec: JobSpec) -> str:
-    """The job's ``mode``, or image-to-image when it brings references and text-to-image when not."""
-    return spec.mode or (IMAGE if spec.references else TEXT)
 
 
 class Girlgenerator(Provider):
@@ -60,36 +49,17 @@ class Girlgenerator(Provider):
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:
-        problems = []
-        scene = scene_of(spec)
-        if scene not in SCENES:
-            problems.append(Unsupported("mode", f"mode {scene!r} is not a scene; use {TEXT} or {IMAGE}"))
-        elif scene == IMAGE and not spec.references:
-            problems.append(Unsupported("references", f"{IMAGE} needs at least one reference picture URL"))
-        elif scene == TEXT and spec.references:
-            problems.append(Unsupported("references", f"{TEXT} takes no reference pictures; use mode {IMAGE}"))
-        if len(spec.prompt) > MAX_PROMPT:
-            reason = f"the prompt has {len(spec.prompt)} characters; at most {MAX_PROMPT} are taken"
-            problems.append(Unsupported("prompt", reason))
-        if spec.aspect is not None and spec.aspect not in ASPECTS:
-            reason = f"aspect {spec.aspect!r} is not offered; use one of {', '.join(ASPECTS)}"
-            problems.append(Unsupported("aspect", reason))
-        if spec.count != 1:
-            problems.append(Unsupported("count", f"one generation makes one picture, not {spec.count}; split the job"))
-        for field in UNSUPPORTED_FIELDS:
-            if getattr(spec, field) is not None:
-                problems.append(Unsupported(field, f"girlgenerator has no {field} setting"))
-        return problems
+        return offer.check(spec)
 
     @classmethod
     def cost(cls, spec: JobSpec) -> Cost:
         """Text-to-image costs 1 credit, image-to-image 2 with one reference and 3 with several."""
-        if scene_of(spec) == IMAGE:
+        if offer.scene_of(spec) == offer.IMAGE:
             return Cost(credits=2 if len(spec.references) == 1 else 3)
         return Cost(credits=1)
 
     def submit(self, spec: JobSpec) -> Started:
-        body: dict[str, Any] = {"scene": scene_of(spec), "prompt": spec.prompt}
+        body: dict[str, Any] = {"scene": offer.scene_of(spec), "prompt": spec.prompt}
         if spec.aspect is not None:
             body["aspect_ratio"] = spec.aspect
         if spec.references:

@@ -30,6 +30,8 @@ from typing import Any, ClassVar
 
 import httpx
 
+from jobs.offers import Unsupported
+from jobs.offers import qtpixel as offer
 from jobs.spec import JobSpec
 from workers.providers.base import (
     AnswerLost,
@@ -49,22 +51,14 @@ from workers.providers.base import (
     TaskStatus,
     Transient,
     Unreadable,
-    Unsupported,
     failed_answer,
     json_body,
     retry_after,
     unreadable,
 )
 
-SPRITE_FRAMES = {"walk": 4, "idle": 2, "attack": 3, "directions": 4}
-"""The sprite modes and the frames each always makes."""
-MODES = (*SPRITE_FRAMES, "variations", "random")
 MANY_MODE = "random"
 """The batch mode of a job of several pictures that names no sprite."""
-MAX_COUNT = 4
-BACKGROUNDS = ("transparent", "white")
-UNSUPPORTED_FIELDS = ("model", "mode", "aspect", "size", "references", "seed", "steps", "style")
-"""JobSpec fields QT Pixel has no parameter for: refused rather than silently dropped."""
 REFUSAL = "⚠️ 生成失败: AI 拒绝处理此请求 (可能包含敏感内容)"
 """The seed's content-safety refusal, exactly as a failed task's ``error_msg`` reads."""
 BATCH_PREFIX = "b"
@@ -76,7 +70,7 @@ SEARCH_PAGES = 10
 
 class Qtpixel(Provider):
     name: ClassVar[str] = "qtpixel"
-    batch_poll_size: ClassVar[int] = MAX_COUNT
+    batch_poll_size: ClassVar[int] = offer.MAX_COUNT
     """A whole batch (at most 4 tasks) is one request."""
     polls_count_against_limit: ClassVar[bool] = True
     """The limit is not published; counting polls is the safe side, and a sprite polls once for all frames."""
@@ -84,29 +78,12 @@ class Qtpixel(Provider):
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:
-        problems = []
-        if spec.sprite is not None and spec.sprite not in MODES:
-            problems.append(
-                Unsupported("sprite", f"sprite {spec.sprite!r} is not a mode; use one of {', '.join(MODES)}")
-            )
-        frames = SPRITE_FRAMES.get(spec.sprite or "")
-        if frames is not None and spec.count not in (1, frames):
-            reason = f"sprite {spec.sprite} always makes {frames} frames; leave count out or set it to {frames}"
-            problems.append(Unsupported("count", reason))
-        elif frames is None and spec.count > MAX_COUNT:
-            problems.append(Unsupported("count", f"one job makes at most {MAX_COUNT} pictures"))
-        if spec.background is not None and spec.background not in BACKGROUNDS:
-            reason = f"background {spec.background!r} is not offered; use one of {', '.join(BACKGROUNDS)}"
-            problems.append(Unsupported("background", reason))
-        for field in UNSUPPORTED_FIELDS:
-            if getattr(spec, field) not in (None, ()):
-                problems.append(Unsupported(field, f"qtpixel has no {field} setting"))
-        return problems
+        return offer.check(spec)
 
     @classmethod
     def cost(cls, spec: JobSpec) -> Cost:
         """A sprite mode sets its own frame count; each frame is a task and a picture."""
-        frames = SPRITE_FRAMES.get(spec.sprite or "", spec.count)
+        frames = offer.SPRITE_FRAMES.get(spec.sprite or "", spec.count)
         return Cost(tasks=frames, pictures=frames, credits=frames)
 
     @classmethod
@@ -122,7 +99,7 @@ class Qtpixel(Provider):
             body["force"] = True
             return self._single(body | spec.options)
         mode = spec.sprite or MANY_MODE
-        body |= {"mode": mode, "count": SPRITE_FRAMES.get(mode, spec.count)}
+        body |= {"mode": mode, "count": offer.SPRITE_FRAMES.get(mode, spec.count)}
         return self._batch(body | spec.options)
 
     def _single(self, body: dict[str, Any]) -> Started:
@@ -155,7 +132,7 @@ class Qtpixel(Provider):
                 if item.get("prompt") == spec.prompt and item.get("batch_id") is None and _within(item, since, until)
             ][::-1]
         mode = spec.sprite or MANY_MODE
-        count = SPRITE_FRAMES.get(mode, spec.count)
+        count = offer.SPRITE_FRAMES.get(mode, spec.count)
         batches = [
             item
             for item in self._listed("/api/v1/batches", "batches", since)

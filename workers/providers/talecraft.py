@@ -18,6 +18,8 @@ import httpx
 
 from jobs.accounts import Account
 from jobs.errors import ConfigError
+from jobs.offers import Unsupported
+from jobs.offers import talecraft as offer
 from jobs.spec import JobSpec
 from workers.providers.base import (
     AnswerLost,
@@ -32,7 +34,6 @@ from workers.providers.base import (
     TaskFailed,
     TaskStatus,
     Transient,
-    Unsupported,
     _request_seconds,
     failed_answer,
     json_body,
@@ -41,11 +42,6 @@ from workers.providers.base import (
 
 DEFAULT_TIMEOUT = 300.0
 """Seconds to wait for the picture when the account sets no ``timeout`` option."""
-STYLES = ("children_book",)
-ASPECTS = ("1:1", "2:3", "3:2", "3:4", "4:3", "9:16", "16:9")
-UNSUPPORTED_FIELDS = ("model", "mode", "size", "references", "seed", "steps", "background", "sprite")
-"""JobSpec fields TaleCraft has no parameter for: refused rather than silently dropped."""
-
 MESSAGES: tuple[tuple[str, type[ProviderError]], ...] = (
     ("api key is required", BadCredentials),
     ("invalid api key", BadCredentials),
@@ -72,18 +68,7 @@ class Talecraft(Provider):
 
     @classmethod
     def check(cls, spec: JobSpec) -> list[Unsupported]:
-        problems = []
-        if spec.style is not None and spec.style not in STYLES:
-            problems.append(Unsupported("style", f"style {spec.style!r} is not offered; only {', '.join(STYLES)}"))
-        if spec.aspect is not None and spec.aspect not in ASPECTS:
-            reason = f"aspect {spec.aspect!r} is not offered; use one of {', '.join(ASPECTS)}"
-            problems.append(Unsupported("aspect", reason))
-        if spec.count > 1:
-            problems.append(Unsupported("count", "one call makes one picture; write one job per picture"))
-        for field in UNSUPPORTED_FIELDS:
-            if getattr(spec, field) not in (None, ()):
-                problems.append(Unsupported(field, f"talecraft has no {field} setting"))
-        return problems
+        return offer.check(spec)
 
     def submit(self, spec: JobSpec) -> Finished:
         body: dict[str, Any] = {"prompt": spec.prompt}
