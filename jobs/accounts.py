@@ -29,6 +29,8 @@ class Account(BaseModel):
     """Requests per minute this key may send, polls included where the provider counts them."""
     max_in_flight: int = Field(gt=0)
     """Provider tasks this key may have running at once."""
+    daily_credits: int | None = Field(default=None, gt=0)
+    """Credits this key may spend a day (from midnight UTC), jobs in flight counted; None: no cap."""
     options: dict[str, str] = Field(default_factory=dict)
     """Provider-specific settings (cloudsway's endpoint path, say)."""
 
@@ -83,9 +85,7 @@ def load_accounts(
     return accounts
 
 
-def routing_problems(
-    spec: BatchSpec, accounts: Mapping[str, Account], supported: Collection[str]
-) -> list[Problem]:
+def routing_problems(spec: BatchSpec, accounts: Mapping[str, Account], supported: Collection[str]) -> list[Problem]:
     """Rows no configured account can serve: refused with the batch file, before anything is written."""
     providers = {account.provider for account in accounts.values()}
     problems: list[Problem] = []

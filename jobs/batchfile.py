@@ -30,7 +30,7 @@ from jobs.spec import BatchSpec, JobSpec, SheetSettings
 from jobs.states import UncertainPolicy
 
 _BATCH_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._\-]{0,63}")
-_HEADER_FIELDS = ("name", "priority", "on_uncertain", "sheets", "defaults")
+_HEADER_FIELDS = ("name", "priority", "on_uncertain", "sheets", "budget", "defaults")
 _POLICIES = tuple(policy.value for policy in UncertainPolicy)
 _JOB_FIELDS = tuple(JobSpec.model_fields)
 _OPTION_PREFIX = "options."
@@ -265,8 +265,10 @@ _Loader.add_implicit_resolver(
 )
 _Loader.add_implicit_resolver(
     _FLOAT_TAG,
-    re.compile(r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
-               r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(
+        r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9_]+(?:[eE][-+][0-9]+)?"
+        r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
     list("-+0123456789."),
 )
 
@@ -376,6 +378,7 @@ def _build(parsed: _Parsed, source: str, data: bytes, stem: str) -> BatchSpec:
     priority = _priority(parsed, source, problems)
     on_uncertain = _on_uncertain(parsed, source, problems)
     sheets = _sheets(parsed, source, problems)
+    budget = _budget(parsed, source, problems)
     defaults = _defaults(parsed, source, problems)
 
     jobs: list[JobSpec] = []
@@ -414,6 +417,7 @@ def _build(parsed: _Parsed, source: str, data: bytes, stem: str) -> BatchSpec:
         priority=priority,
         on_uncertain=on_uncertain,
         sheets=sheets,
+        budget=budget,
         jobs=tuple(jobs),
         lines=tuple(lines),
     )
@@ -447,6 +451,18 @@ def _on_uncertain(parsed: _Parsed, source: str, problems: list[Problem]) -> str 
     message = f"{policy!r} is not a policy for lost answers; use {' or '.join(_POLICIES)}"
     problems.append(Problem(source, parsed.header_lines.get("on_uncertain"), "on_uncertain", message))
     return None
+
+
+def _budget(parsed: _Parsed, source: str, problems: list[Problem]) -> int | None:
+    """Credits the batch may spend: a whole number above 0, or absent for no cap."""
+    budget = parsed.header.get("budget")
+    if budget is None:
+        return None
+    if isinstance(budget, bool) or not isinstance(budget, int) or budget <= 0:
+        message = f"{budget!r} is not a budget: a whole number of credits above 0"
+        problems.append(Problem(source, parsed.header_lines.get("budget"), "budget", message))
+        return None
+    return budget
 
 
 def _sheets(parsed: _Parsed, source: str, problems: list[Problem]) -> SheetSettings:

@@ -7,9 +7,10 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -24,10 +25,10 @@ from jobs.accounts import Account, load_accounts
 from jobs.batchfile import load_batch
 from jobs.checks import batch_problems, capability_problems
 from jobs.db import make_engine, migrate
-from jobs.errors import BatchFileError, ConfigError, DatabaseError, GenqError, RedisUnavailable
+from jobs.errors import BatchFileError, BatchPaused, ConfigError, DatabaseError, GenqError, RedisUnavailable
 from jobs.settings import Settings
 from jobs.spec import BatchSpec
-from jobs.states import BatchState, UncertainPolicy
+from jobs.states import BatchState, JobState, UncertainPolicy
 from jobs.status import BatchStatus, batch_status, recent_batches
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ app = typer.Typer(help="genq: a durable batch queue for AI image generation.", n
 console = Console()
 errors = Console(stderr=True)
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PAUSED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_SIGNALED = {"SIGTERM": 143, "SIGHUP": 129}
 QUEUES = "control,submit,poll,collect"
 
@@ -51,6 +52,16 @@ OnUncertainOpt = Annotated[
         "--on-uncertain",
         help="A job whose submit answer was lost and that the provider cannot account for: fail it (never pay "
         "twice; the default) or resubmit it (no picture missing). Overrides the file's on_uncertain.",
+    ),
+]
+
+BudgetOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--budget",
+        min=1,
+        help="Credits the batch may spend at most; it pauses there. Overrides the file's budget.",
+        show_default=False,
     ),
 ]
 
@@ -107,12 +118,14 @@ def run(
     force: ForceOpt = False,
     concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 8,
     on_uncertain: OnUncertainOpt = None,
+    budget: BudgetOpt = None,
 ) -> None:
     """Run one batch to the end on this machine, starting whatever is missing; the same file again resumes.
 
     With `genq up` running, the batch goes to that deployment. Otherwise this command starts what it
     needs (Redis, a worker, the sandbox), works on this batch alone, and stops what it started when the
-    batch ends or on Ctrl-C, SIGTERM or SIGHUP; running it again resumes.
+    batch ends or on Ctrl-C, SIGTERM or SIGHUP; running it again resumes. Ctrl-C cancels nothing
+    (`genq cancel` does). When the batch is paused (by hand or at its budget) it ends with exit code 3.
     """
 
     try:
@@ -127,7 +140,7 @@ def run(
             spec = _checked_batch(file, settings)
         except GenqError as error:
             raise _refuse(error) from None
-        return _produce(engine, spec, settings, sandbox=sandbox, force=force, on_uncertain=on_uncertain)
+        return _produce(engine, spec, settings, sandbox=sandbox, force=force, on_uncertain=on_uncertain, budget=budget)
 
     _drive(prepare, sandbox=sandbox, concurrency=concurrency, again="run the same command again to resume")
 
@@ -145,19 +158,53 @@ class Prepared:
 def _drive(prepare: Callable[[Settings, Engine], Prepared], *, sandbox: bool, concurrency: int, again: str) -> None:
     """Run a batch to its end in the foreground: in the deployment of `genq up` when it is up, else
     on what this command starts; stopped by Ctrl-C, SIGTERM or SIGHUP."""
+    started: list[int] = []
+
+    def remembered(settings: Settings, engine: Engine) -> Prepared:
+        prepared = prepare(settings, engine)
+        started.append(prepared.batch_id)
+        return prepared
+
     with deployment.stop_signals():
         try:
             up = deployment.running(Settings())
             if up is not None:
-                _drive_in_deployment(up, prepare, sandbox=sandbox)
+                _drive_in_deployment(up, remembered, sandbox=sandbox)
             else:
-                _drive_here(prepare, sandbox=sandbox, concurrency=concurrency)
+                _drive_here(remembered, sandbox=sandbox, concurrency=concurrency)
         except deployment.Stopped as stopped:
-            errors.print(f"stopped by {stopped}; {again}", highlight=False)
+            errors.print(f"stopped by {stopped}; {again} {_not_canceled(started)}", highlight=False)
             raise typer.Exit(EXIT_SIGNALED.get(str(stopped), EXIT_INTERRUPTED)) from None
         except KeyboardInterrupt:
-            errors.print(f"stopped; {again}")
+            errors.print(f"stopped; {again} {_not_canceled(started)}", highlight=False)
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BatchPaused as paused:
+            status = batch_status(_engine(deployment.settings_with(deployment.running(Settings()))), paused.batch_id)
+            render.print_paused(errors, status, prefix=f"batch {status.id} ")
+            errors.print(f"then {again}", highlight=False)
+            raise typer.Exit(EXIT_PAUSED) from None
+
+
+def _not_canceled(started: list[int]) -> str:
+    """A stop of the local processes is not a cancel; says so, and what cancels."""
+    batch = started[-1] if started else "N"
+    return f"(nothing was canceled; `genq cancel {batch}` cancels)"
+
+
+IN_FLIGHT_STATES = (JobState.QUEUED, JobState.SUBMITTING, JobState.RUNNING, JobState.COLLECTING)
+
+
+def _until_paused(engine: Engine, batch_id: int, alive: Callable[[], bool]) -> Callable[[], bool]:
+    """``alive`` for ``follow`` that also ends the follow once the batch is paused and what was in
+    flight has been collected (it is paid for, so it is waited for)."""
+
+    def check() -> bool:
+        status = batch_status(engine, batch_id)
+        if status.paused and not any(status.counts[state.value] for state in IN_FLIGHT_STATES):
+            raise BatchPaused(batch_id, status.paused_reason or "")
+        return alive()
+
+    return check
 
 
 def _drive_here(prepare: Callable[[Settings, Engine], Prepared], *, sandbox: bool, concurrency: int) -> None:
@@ -182,9 +229,8 @@ def _drive_here(prepare: Callable[[Settings, Engine], Prepared], *, sandbox: boo
             if stack.fresh_broker and prepared.resumed:
                 sender.send_task("genq.reconcile", kwargs={"stale_after": 0})
             sender.send_task("genq.dispatch")
-            status = follow(
-                engine, prepared.batch_id, console, alive=stack.worker_alive, planned_seconds=prepared.planned_seconds
-            )
+            alive = _until_paused(engine, prepared.batch_id, stack.worker_alive)
+            status = follow(engine, prepared.batch_id, console, alive=alive, planned_seconds=prepared.planned_seconds)
         _print_summary(status, settings)
     except WorkerDied as error:
         errors.print(f"[red]error:[/] {error}; see {settings.var_dir / 'logs' / 'worker.log'}")
@@ -210,9 +256,14 @@ def _drive_in_deployment(
     _kick(settings)
     batch_id = prepared.batch_id
     try:
-        status = follow(engine, batch_id, console, alive=up.alive, planned_seconds=prepared.planned_seconds)
+        alive = _until_paused(engine, batch_id, up.alive)
+        status = follow(engine, batch_id, console, alive=alive, planned_seconds=prepared.planned_seconds)
     except KeyboardInterrupt:
-        errors.print(f"stopped watching; batch {batch_id} goes on in the deployment (`genq status {batch_id}`)")
+        errors.print(
+            f"stopped watching; batch {batch_id} goes on in the deployment (`genq status {batch_id}`); "
+            f"`genq pause {batch_id}` or `genq cancel {batch_id}` stops it",
+            highlight=False,
+        )
         raise typer.Exit(EXIT_INTERRUPTED) from None
     _print_summary(status, settings)
     raise typer.Exit(EXIT_OK if status.state == BatchState.SUCCEEDED else EXIT_FAILED)
@@ -226,17 +277,19 @@ def _produce(
     sandbox: bool,
     force: bool,
     on_uncertain: UncertainPolicy | None,
+    budget: int | None = None,
 ) -> Prepared:
-    """The batch's rows written (or found, for a file seen before), its plan printed when it is new."""
+    """The batch's rows written (or found, for a file seen before), its plan printed when it is new.
+    A ``budget`` given for a batch already there raises (or lowers) its cap from now on."""
     from jobs.embedded import sandbox_config
     from jobs.producer import produce
 
-    produced = produce(engine, spec, force=force, on_uncertain=on_uncertain and on_uncertain.value)
+    produced = produce(engine, spec, force=force, on_uncertain=on_uncertain and on_uncertain.value, budget=budget)
     batch_id = produced.batch.id
     assert batch_id is not None
     estimate = _plan(spec, settings, sandbox_config() if sandbox else None)
     if produced.created:
-        render.print_plan(console, estimate)
+        render.print_plan(console, replace(estimate, budget=produced.batch.budget))
     verb = "submitted" if produced.created else "resuming"
     console.print(f"{verb} batch {batch_id} ({spec.name}): {len(spec.jobs)} jobs", highlight=False)
     return Prepared(batch_id, resumed=not produced.created, planned_seconds=estimate.seconds)
@@ -336,6 +389,145 @@ def export(
 
 
 @app.command()
+def pause(batch: BatchArg) -> None:
+    """Send nothing more of a batch, fleet-wide, until `genq resume`; what runs is still collected."""
+    from jobs.control import pause_batch
+
+    settings = deployment.settings_with(deployment.running(Settings()))
+    try:
+        back = pause_batch(_engine(settings), batch)
+    except GenqError as error:
+        raise _refuse(error) from None
+    _kick(settings)
+    console.print(f"batch {batch} paused ({back} queued jobs back to waiting); what runs is still collected; "
+                  f"`genq resume {batch}` resumes it", highlight=False)  # fmt: skip
+
+
+@app.command()
+def resume(
+    batch: BatchArg,
+    budget: Annotated[
+        int | None, typer.Option("--budget", min=1, help="A new budget in credits (to go on past the old one).")
+    ] = None,
+) -> None:
+    """Send a paused batch again, with a higher budget if it stopped at its own."""
+    from jobs.control import resume_batch
+
+    settings = deployment.settings_with(deployment.running(Settings()))
+    try:
+        found = resume_batch(_engine(settings), batch, budget=budget)
+    except GenqError as error:
+        raise _refuse(error) from None
+    _kick(settings)
+    cap = f" (budget {found.budget} credits)" if found.budget is not None else ""
+    console.print(f"batch {batch} resumed{cap}", highlight=False)
+
+
+@app.command()
+def cancel(
+    batch: BatchArg,
+    running: Annotated[
+        bool,
+        typer.Option(
+            "--running",
+            help="Also stop polling its running provider tasks (and delete them at "
+            "the provider where its API can); their pictures are lost.",
+        ),
+    ] = False,
+) -> None:
+    """Cancel a batch: its waiting jobs become `canceled` and nothing more is sent; the batch ends
+    with its results once what still runs is collected (at once with --running)."""
+    from jobs.control import cancel_batch
+
+    settings = deployment.settings_with(deployment.running(Settings()))
+    engine = _engine(settings)
+    try:
+        canceled = cancel_batch(engine, batch, running=running)
+    except GenqError as error:
+        raise _refuse(error) from None
+    deleted = _end_canceled(settings, batch, canceled.tasks)
+    _kick(settings)
+    ran = f", {canceled.running} running" if running else ""
+    gone = f"; {deleted} provider tasks deleted at the provider" if deleted else ""
+    console.print(f"batch {batch} canceled: {canceled.waiting} waiting{ran} jobs canceled{gone}", highlight=False)
+    if batch_status(engine, batch).final:
+        console.print(f"batch {batch} is final; `genq status {batch}` shows it", highlight=False)
+
+
+def _end_canceled(settings: Settings, batch: int, tasks: tuple[tuple[str, str], ...]) -> int:
+    """Delete the canceled tasks at their provider (where it can) and end the batch if nothing of it
+    runs; a missing key or store leaves both to the fleet's next round. How many were deleted."""
+    from workers.finish import finish_batch_if_done
+    from workers.polling import delete_at_provider
+    from workers.runtime import Runtime
+
+    runtime = Runtime(settings)
+    deleted = 0
+    try:
+        if tasks:
+            deleted = delete_at_provider(runtime, tasks)
+        finish_batch_if_done(runtime, batch)
+    except GenqError as error:
+        errors.print(f"the workers finish it: {escape(str(error))}", highlight=False)
+    finally:
+        runtime.close()
+    return deleted
+
+
+account_app = typer.Typer(
+    help="Take a provider account out of rotation by hand, and put it back.", no_args_is_help=True
+)
+app.add_typer(account_app, name="account")
+
+_DURATION = re.compile(r"(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def _seconds(text: str) -> float:
+    """``30m``, ``2h``, ``1h30m``, ``90s`` in seconds."""
+    found = _DURATION.fullmatch(text.strip())
+    if not text.strip() or found is None:
+        raise typer.BadParameter(f"{text!r}: give a time such as 30m, 2h, 1h30m or 90s")
+    hours, minutes, seconds = (int(part or 0) for part in found.groups())
+    return float(hours * 3600 + minutes * 60 + seconds)
+
+
+@account_app.command("pause")
+def account_pause(
+    name: Annotated[str, typer.Argument(help="The account's name in accounts.yaml.", show_default=False)],
+    for_: Annotated[
+        str | None, typer.Option("--for", help="How long: 30m, 2h, 1h30m (until resumed if left out).")
+    ] = None,
+    reason: Annotated[str, typer.Option("--reason", help="Why, as `genq status` shows it.")] = "",
+) -> None:
+    """Send nothing more with an account, fleet-wide; its running tasks are still polled (they are paid)."""
+    from jobs.control import pause_account
+
+    settings = deployment.settings_with(deployment.running(Settings()))
+    seconds = _seconds(for_) if for_ is not None else None
+    try:
+        accounts = load_accounts(settings.accounts, require_keys=False)
+        if name not in accounts:
+            raise ConfigError(f"no account named {name!r} in {settings.accounts}; known: {', '.join(accounts)}")
+        pause_account(_engine(settings), name, seconds=seconds, reason=reason)
+    except GenqError as error:
+        raise _refuse(error) from None
+    _kick(settings)
+    how_long = f"for {render.duration(seconds)}" if seconds is not None else f"until `genq account resume {name}`"
+    console.print(f"account {name} paused {how_long}", highlight=False)
+
+
+@account_app.command("resume")
+def account_resume(name: Annotated[str, typer.Argument(help="The account's name.", show_default=False)]) -> None:
+    """Put an account paused by hand back in rotation."""
+    from jobs.control import resume_account
+
+    settings = deployment.settings_with(deployment.running(Settings()))
+    was = resume_account(_engine(settings), name)
+    _kick(settings)
+    console.print(f"account {name} {'resumed' if was else 'was not paused by hand'}", highlight=False)
+
+
+@app.command()
 def up(
     sandbox: SandboxOpt = False,
     concurrency: Annotated[int, typer.Option(help="Worker threads.")] = 8,
@@ -393,11 +585,28 @@ def plan(
         raise _refuse(ConfigError(f"{error}; or plan for the sandbox with --sandbox")) from None
     except GenqError as error:
         raise _refuse(error) from None
-    estimate = _plan(spec, settings, config, accounts=accounts)
+    estimate = _plan(spec, settings, config, accounts=accounts, spent_today=_spent_today(settings, config is not None))
     if as_json:
         sys.stdout.write(json.dumps(estimate.to_json(), indent=2) + "\n")
     else:
         render.print_plan(console, estimate)
+
+
+def _spent_today(settings: Settings, sandbox: bool) -> dict[str, int]:
+    """Credits each account holds today, for the plan's daily caps; none where no account has a cap
+    or the database cannot be read (a plan is made before anything runs)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from jobs.control import credits_today
+
+    try:
+        accounts = {} if sandbox else load_accounts(settings.accounts, require_keys=False)
+        if not any(account.daily_credits for account in accounts.values()):
+            return {}
+        with Session(_engine(settings)) as session:
+            return credits_today(session, list(accounts))
+    except (GenqError, SQLAlchemyError):
+        return {}
 
 
 def _sandbox_accounts(config: SandboxConfig) -> dict[str, Account]:
@@ -414,6 +623,7 @@ def _plan(
     sandbox: SandboxConfig | None = None,
     *,
     accounts: Mapping[str, Account] | None = None,
+    spent_today: Mapping[str, int] | None = None,
 ) -> Plan:
     """The plan. Generation times: the sandbox's configured latency with ``sandbox``; else learned
     by the fleet where the broker answers, else each provider's typical time."""
@@ -428,7 +638,11 @@ def _plan(
         accounts = accounts or _sandbox_accounts(sandbox)
         config = sandbox
         return plan_batch(
-            spec, accounts, lambda provider, _model: config.provider(provider).latency_mean, spread=settings.rate_spread
+            spec,
+            accounts,
+            lambda provider, _model: config.provider(provider).latency_mean,
+            spread=settings.rate_spread,
+            spent_today=spent_today,
         )
     client = redis.Redis.from_url(client_url(settings.resolved_redis_url()), socket_timeout=2)
     learned = CompletionTimes(client, default=settings.first_poll_delay)
@@ -442,13 +656,15 @@ def _plan(
 
     try:
         accounts = accounts or load_accounts(settings.accounts, require_keys=False)
-        return plan_batch(spec, accounts, generation_seconds, spread=settings.rate_spread)
+        return plan_batch(spec, accounts, generation_seconds, spread=settings.rate_spread, spent_today=spent_today)
     finally:
         client.close()
 
 
 @app.command()
-def submit(file: FileArg, force: ForceOpt = False, on_uncertain: OnUncertainOpt = None) -> None:
+def submit(
+    file: FileArg, force: ForceOpt = False, on_uncertain: OnUncertainOpt = None, budget: BudgetOpt = None
+) -> None:
     """Submit a batch to a running deployment (`genq up`, or GENQ_REDIS_URL); prints the batch id."""
     from jobs.producer import produce
 
@@ -458,7 +674,8 @@ def submit(file: FileArg, force: ForceOpt = False, on_uncertain: OnUncertainOpt 
         spec = _checked_batch(file, settings)
     except GenqError as error:
         raise _refuse(error) from None
-    produced = produce(_engine(settings), spec, force=force, on_uncertain=on_uncertain and on_uncertain.value)
+    policy = on_uncertain and on_uncertain.value
+    produced = produce(_engine(settings), spec, force=force, on_uncertain=policy, budget=budget)
     _kick(settings)
     if not produced.created:
         errors.print(f"this file is already batch {produced.batch.id}; --force makes a new one")
@@ -489,6 +706,7 @@ def status(
         return
     console.print(render.batches_table(found, console.width))
     for s in found:
+        render.print_paused(console, s, prefix=f"batch {s.id} ")
         render.print_lost_answers(console, s, prefix="" if batch is not None else f"batch {s.id}: ")
         if batch is not None:
             render.print_failures(console, s)
@@ -597,6 +815,32 @@ def flower(
         errors.print(f"[yellow]warning:[/] Flower without a password, on {address}:{port} only", highlight=False)
         os.environ["FLOWER_UNAUTHENTICATED_API"] = "true"
     _exec_celery(command)
+
+
+@app.command()
+def metrics(
+    port: Annotated[int, typer.Option(help="Port to serve on.")] = 9464,
+    address: Annotated[str, typer.Option(help="Address to serve on.")] = "127.0.0.1",
+) -> None:
+    """Serve Prometheus metrics of the deployment at /metrics: each account's minute, in-flight places,
+    pauses, 429s and credits, each batch's jobs by state; read from the database and Redis at each scrape."""
+    from workers.metrics import serve
+    from workers.runtime import Runtime
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = _need_broker()
+    migrate(make_engine(settings.resolved_database_url()))
+    runtime = Runtime(settings)
+    try:
+        runtime.accounts  # noqa: B018  # a bad accounts file is refused now, not at the first scrape
+    except ConfigError as error:
+        raise _refuse(error) from None
+    console.print(f"metrics on http://{address}:{port}/metrics")
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            serve(runtime, port=port, address=address)
+    except OSError as error:
+        raise _refuse(ConfigError(f"cannot serve metrics on {address}:{port}: {error.strerror or error}")) from None
 
 
 @app.command("migrate")

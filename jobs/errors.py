@@ -11,6 +11,7 @@
      ├── NothingToRetry        a retry asked of a batch with no such row, or still running (jobs.retry)
      ├── PictureRefused        a picture that is not taken (``final`` when fetching it again cannot help)
      ├── WorkerDied            the worker a command started stopped under it
+     ├── BatchPaused           the batch a command follows was paused (by hand or at its budget)
      ├── IllegalTransition     a move the job state machine does not have: a bug, never an input error
      ├── DestinationRefused    a URL genq will not fetch (not http(s), a private address...)
      │    └── NameNotResolved  a host that resolves to no address
@@ -110,6 +111,15 @@ class PictureRefused(GenqError):
 
 class WorkerDied(GenqError):
     """The worker process a command started is gone while its batch runs."""
+
+
+class BatchPaused(GenqError):
+    """The batch a foreground command follows is paused and nothing of it is in flight: the command
+    ends (exit code 3) rather than wait for a person to resume it."""
+
+    def __init__(self, batch_id: int, reason: str) -> None:
+        super().__init__(f"batch {batch_id} paused: {reason}")
+        self.batch_id = batch_id
 
 
 class IllegalTransition(GenqError):

@@ -3,17 +3,18 @@
 Every move is a compare-and-set, so a duplicated message moves nothing.
 
 pending -> queued -> submitting -> running -> collecting -> succeeded
-              |           |            |            |
-              +-----------+------------+------------+--> failed / canceled
+   |          |           |            |            |
+   +----------+-----------+------------+------------+--> failed / canceled
                           +-> uncertain (the answer to a paid call was lost)
                                   +-> running / collecting (adopted), pending (resubmitted), failed
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import ColumnElement, update
 from sqlmodel import Session, col
 
 from jobs.errors import IllegalTransition
@@ -21,7 +22,7 @@ from jobs.models import Job, utcnow
 from jobs.states import BatchState, JobState, TaskState, UncertainPolicy
 
 __all__ = ["ALLOWED", "FINAL", "IN_FLIGHT", "BatchState", "IllegalTransition", "JobState", "TaskState",
-           "UncertainPolicy", "move"]  # fmt: skip
+           "UncertainPolicy", "move", "move_all"]  # fmt: skip
 
 
 FINAL: frozenset[JobState] = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELED})
@@ -57,3 +58,24 @@ def move(session: Session, job_id: int, source: JobState, target: JobState, **va
         .values(state=target.value, updated_at=utcnow(), **values)
     )
     return bool(result.rowcount == 1)  # type: ignore[attr-defined]
+
+
+def move_all(
+    session: Session, where: Iterable[ColumnElement[bool]], sources: Iterable[JobState], target: JobState, **values: Any
+) -> list[int]:
+    """Move every job matching ``where`` that is in one of ``sources`` to ``target``; the ids moved.
+
+    The bulk form of ``move`` for a person's command over a whole batch (cancel, pause): each row
+    moves only from a state it is still in, so a job a worker moved meanwhile is left to the worker.
+    """
+    sources = list(sources)
+    for source in sources:
+        if target not in ALLOWED[source]:
+            raise IllegalTransition(f"{source} -> {target}")
+    result = session.execute(
+        update(Job)
+        .where(*where, col(Job.state).in_([source.value for source in sources]))
+        .values(state=target.value, updated_at=utcnow(), **values)
+        .returning(col(Job.id))
+    )
+    return [row[0] for row in result]

@@ -39,6 +39,12 @@ class Batch(SQLModel, table=True):
     """The batch's ``results.jsonl``, written when it ended."""
     options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False, server_default="{}"))
     """Settings of the batch as a whole: ``sheets`` (padding, trim)."""
+    budget: int | None = None
+    """Credits the batch may spend at most (jobs in flight counted); None: no cap."""
+    paused_reason: str | None = None
+    """Why nothing more of the batch is sent (``genq pause``, or ``BUDGET_REACHED``); None: not paused."""
+    canceled: str | None = None
+    """``Cancel`` value once the batch was canceled: what waits (``waiting``), or what runs too (``running``)."""
 
 
 class Job(SQLModel, table=True):
@@ -83,6 +89,10 @@ class Job(SQLModel, table=True):
     """Times an account refused it for its key or its balance, and it went back for another."""
     resubmits: int = 0
     """Times it was sent again after a lost answer, under ``on_uncertain: resubmit``."""
+    credits: int | None = None
+    """Credits the job holds of its batch's and its account's caps: its price from the moment it is
+    claimed, what the provider said it charged once it answers, 0 when nothing was started; None
+    while it waits."""
     created_at: datetime = Field(default_factory=utcnow)
     updated_at: datetime = Field(default_factory=utcnow)
 
@@ -144,6 +154,18 @@ class Asset(SQLModel, table=True):
     height: int
     content_type: str
     created_at: datetime = Field(default_factory=utcnow)
+
+
+class AccountPause(SQLModel, table=True):
+    """An account taken out of rotation by hand (``genq account pause``): admission sends it nothing
+    until ``until`` (or until ``genq account resume`` when None); its running tasks are still polled."""
+
+    __tablename__ = "account_pauses"
+
+    account: str = Field(primary_key=True)
+    until: datetime | None = None
+    reason: str = ""
+    paused_at: datetime = Field(default_factory=utcnow)
 
 
 class AccountBalance(SQLModel, table=True):

@@ -27,31 +27,45 @@ class Produced:
     """False when the same file was already a batch and that one is returned."""
 
 
-def produce(engine: Engine, spec: BatchSpec, *, force: bool = False, on_uncertain: str | None = None) -> Produced:
-    """``on_uncertain`` (from the command line) wins over the file's; given for a batch already
-    there, it changes that batch's policy from now on."""
+def produce(
+    engine: Engine,
+    spec: BatchSpec,
+    *,
+    force: bool = False,
+    on_uncertain: str | None = None,
+    budget: int | None = None,
+) -> Produced:
+    """``on_uncertain`` and ``budget`` (from the command line) win over the file's; given for a
+    batch already there, they change that batch's from now on (a budget is raised this way too)."""
     if not force:
         existing = _existing(engine, spec.content_hash)
         if existing is not None:
-            return Produced(_with_policy(engine, existing, on_uncertain), created=False)
+            return Produced(_with_changes(engine, existing, on_uncertain, budget), created=False)
     policy = on_uncertain or spec.on_uncertain or UncertainPolicy.FAIL.value
+    cap = budget if budget is not None else spec.budget
     try:
         with session_scope(engine) as session:
-            batch = _insert(session, spec, dedupe_key=None if force else spec.content_hash, on_uncertain=policy)
+            batch = _insert(session, spec, dedupe_key=None if force else spec.content_hash, on_uncertain=policy,
+                            budget=cap)  # fmt: skip
     except IntegrityError:
         existing = _existing(engine, spec.content_hash)
         if existing is None:
             raise
-        return Produced(_with_policy(engine, existing, on_uncertain), created=False)
+        return Produced(_with_changes(engine, existing, on_uncertain, budget), created=False)
     return Produced(batch, created=True)
 
 
-def _with_policy(engine: Engine, batch: Batch, on_uncertain: str | None) -> Batch:
-    if on_uncertain is None or on_uncertain == batch.on_uncertain:
+def _with_changes(engine: Engine, batch: Batch, on_uncertain: str | None, budget: int | None) -> Batch:
+    changes: dict[str, object] = {}
+    if on_uncertain is not None and on_uncertain != batch.on_uncertain:
+        changes["on_uncertain"] = on_uncertain
+    if budget is not None and budget != batch.budget:
+        changes["budget"] = budget
+    if not changes:
         return batch
     with session_scope(engine) as session:
-        session.execute(update(Batch).where(col(Batch.id) == batch.id).values(on_uncertain=on_uncertain))
-    return batch.model_copy(update={"on_uncertain": on_uncertain})
+        session.execute(update(Batch).where(col(Batch.id) == batch.id).values(**changes))
+    return batch.model_copy(update=changes)
 
 
 def _existing(engine: Engine, content_hash: str) -> Batch | None:
@@ -59,9 +73,12 @@ def _existing(engine: Engine, content_hash: str) -> Batch | None:
         return session.exec(select(Batch).where(col(Batch.dedupe_key) == content_hash)).first()
 
 
-def _insert(session: Session, spec: BatchSpec, *, dedupe_key: str | None, on_uncertain: str) -> Batch:
+def _insert(
+    session: Session, spec: BatchSpec, *, dedupe_key: str | None, on_uncertain: str, budget: int | None
+) -> Batch:
     batch = Batch(
         on_uncertain=on_uncertain,
+        budget=budget,
         name=spec.name,
         source=spec.source,
         content_hash=spec.content_hash,

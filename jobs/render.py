@@ -12,7 +12,7 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from jobs.states import JobState
+from jobs.states import BUDGET_REACHED, JobState
 from jobs.status import BatchStatus
 
 if TYPE_CHECKING:
@@ -74,10 +74,13 @@ def _number_column(table: Table, header: str, values: list[str]) -> None:
 
 
 def batches_table(found: list[BatchStatus], width: int = 80) -> Table:
+    # Credits are shown once a batch has spent some or has a budget: most runs have no cap.
+    with_credits = any(s.spent or s.budget is not None for s in found)
     rows = [
         [
-            str(s.id), s.name, s.state, str(s.total), str(s.counts[JobState.PENDING.value]), str(running_count(s)),
-            str(s.counts[JobState.SUCCEEDED.value]), str(s.counts[JobState.FAILED.value]), str(s.images),
+            str(s.id), s.name, "paused" if s.paused else s.state, str(s.total), str(s.counts[JobState.PENDING.value]),
+            str(running_count(s)), str(s.counts[JobState.SUCCEEDED.value]), str(s.counts[JobState.FAILED.value]),
+            str(s.images), *([credits(s.spent, s.budget)] if with_credits else []),
         ]
         for s in found
     ]  # fmt: skip
@@ -87,7 +90,8 @@ def batches_table(found: list[BatchStatus], width: int = 80) -> Table:
         _number_column(table, "batch", [row[0] for row in rows])
         _text_column(table, "name", text_widths[0])
         table.add_column("state", no_wrap=True, min_width=max([5, *(len(row[2]) for row in rows)]))
-        for index, column in enumerate(("jobs", "waiting", "running", "succeeded", "failed", "images"), start=3):
+        columns = ["jobs", "waiting", "running", "succeeded", "failed", "images"] + ["credits"] * with_credits
+        for index, column in enumerate(columns, start=3):
             _number_column(table, column, [row[index] for row in rows])
         for row in rows:
             table.add_row(*row)
@@ -96,29 +100,56 @@ def batches_table(found: list[BatchStatus], width: int = 80) -> Table:
     return _fitted(build, width, [[row[1] for row in rows]])
 
 
+def credits(spent: int, cap: int | None) -> str:
+    """``12/100`` against a cap, ``12`` without one."""
+    return f"{spent}/{cap}" if cap is not None else str(spent)
+
+
+def print_paused(console: Console, status: BatchStatus, prefix: str = "") -> None:
+    """Why a batch is paused and the command that sends it again."""
+    if not status.paused:
+        return
+    how = f"`genq resume {status.id}`"
+    if status.paused_reason == BUDGET_REACHED:
+        how = f"`genq resume {status.id} --budget N` (N more than {status.budget})"
+    spent = credits(status.spent, status.budget)
+    console.print(
+        f"{prefix}paused ({status.paused_reason}; {spent} credits spent): {how} resumes it",
+        highlight=False,
+        markup=False,
+        soft_wrap=True,
+    )
+
+
 def accounts_table(reports: list[AccountReport], width: int = 80) -> Table:
+    # Credits spent today (against the daily cap) are shown once an account spent some or has a cap.
+    with_today = any(report.credits_today or report.daily_credits is not None for report in reports)
     rows = []
     for report in reports:
         used = "?" if report.used_last_minute is None else str(report.used_last_minute)
         paused = f"{duration(report.paused_for)}: {report.paused_because}" if report.paused_for else ""
-        credits = "" if report.credits_remaining is None else f"{report.credits_remaining:g}"
+        if report.paused_by_hand and not report.paused_for:
+            paused = f"until resumed: {report.paused_because}"
+        balance = "" if report.credits_remaining is None else f"{report.credits_remaining:g}"
+        today = [credits(report.credits_today, report.daily_credits)] if with_today else []
         rows.append(
             [report.name, report.provider, f"{used}/{report.rpm}", f"{report.in_flight}/{report.max_in_flight}",
-             credits, paused]
+             balance, *today, paused]
         )  # fmt: skip
 
     def build(text_widths: list[int]) -> Table:
         table = _table()
         _text_column(table, "account", text_widths[0])
         table.add_column("provider", no_wrap=True, min_width=13)
-        for index, column in enumerate(("minute", "in flight", "credits"), start=2):
+        columns = ["minute", "in flight", "credits"] + ["today"] * with_today
+        for index, column in enumerate(columns, start=2):
             _number_column(table, column, [row[index] for row in rows])
         _text_column(table, "paused", text_widths[1])
         for row in rows:
             table.add_row(*row)
         return table
 
-    return _fitted(build, width, [[row[0] for row in rows], [row[5] for row in rows]])
+    return _fitted(build, width, [[row[0] for row in rows], [row[-1] for row in rows]])
 
 
 def print_plan(console: Console, estimate: Plan) -> None:
@@ -132,10 +163,17 @@ def print_plan(console: Console, estimate: Plan) -> None:
             f"about {duration(p.seconds)}",
             highlight=False,
         )
+        if p.daily_left is not None:
+            verdict = "fits" if p.fits_today else "does not fit: jobs wait for tomorrow's credits"
+            console.print(f"    {p.daily_left} credits left today on its accounts' daily caps: {verdict}",
+                          highlight=False)  # fmt: skip
     console.print(
         f"plan: {estimate.requests} requests, {estimate.credits} credits, about {duration(estimate.seconds)}",
         highlight=False,
     )
+    if estimate.budget is not None:
+        verdict = "fits" if estimate.fits_budget else f"does not fit: the batch pauses at {estimate.budget} credits"
+        console.print(f"budget: {estimate.budget} credits; the plan {verdict}", highlight=False)
 
 
 def print_failures(console: Console, status: BatchStatus, *, indent: str = "  ") -> None:

@@ -112,6 +112,8 @@ class BatchSpec(BaseModel):
     """What becomes of a job whose lost answer the provider cannot account for (``fail`` or
     ``resubmit``); None when the file does not say."""
     sheets: SheetSettings = SheetSettings()
+    budget: int | None = None
+    """Credits the batch may spend at most (the ``budget`` header); None: no cap."""
     jobs: tuple[JobSpec, ...]
     lines: tuple[int, ...]
     """The source line of each job, in the same order."""

@@ -30,11 +30,27 @@ class TaskState(StrEnum):
 
 
 class BatchState(StrEnum):
-    """A batch runs until every job is final; then it succeeded (every job did) or failed."""
+    """A batch runs until every job is final; then it succeeded (every job did), failed, or was
+    canceled (``genq cancel``: its results are written all the same)."""
 
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELED = "canceled"
+
+
+class Cancel(StrEnum):
+    """What ``genq cancel`` ended of a batch."""
+
+    WAITING = "waiting"
+    """Its pending and queued jobs; what runs at the provider is still polled and collected (it is paid)."""
+    RUNNING = "running"
+    """Those, and its running provider tasks too: no longer polled, deleted at the provider where it can."""
+
+
+PAUSED_BY_HAND = "paused by hand"
+BUDGET_REACHED = "budget reached"
+"""A batch's ``paused_reason`` when admission found its next job would take it past its budget."""
 
 
 class UncertainPolicy(StrEnum):

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, case, func
 from sqlmodel import Session, col, select
 
+from jobs.control import batch_credits
 from jobs.errors import NotFound
 from jobs.lifecycle import FINAL, BatchState, JobState
 from jobs.models import Asset, Batch, Job
@@ -38,6 +39,16 @@ class BatchStatus:
     lost_answers: dict[str, int] = field(default_factory=lambda: dict.fromkeys(LOST_ANSWER_COUNTS, 0))
     """Jobs whose submit answer was lost (``uncertain``), of those found at the provider and taken
     as theirs (``adopted``), and sent again under ``on_uncertain: resubmit`` (``resubmitted``)."""
+    paused_reason: str | None = None
+    """Why nothing more of it is sent (``paused by hand``, ``budget reached``); None while it runs."""
+    canceled: str | None = None
+    spent: int = 0
+    """Credits its sent jobs cost (the provider's figure where it gives one, else the price)."""
+    budget: int | None = None
+
+    @property
+    def paused(self) -> bool:
+        return self.paused_reason is not None and not self.final
 
     @property
     def done(self) -> int:
@@ -87,6 +98,7 @@ def batch_status(engine: Engine, batch_id: int, *, error_limit: int = 10) -> Bat
             .group_by(col(Job.error))
             .order_by(func.count().desc(), col(Job.error))
         ).all()
+        spent = batch_credits(session, [batch_id], sent_only=True).get(batch_id, 0)
     counts = {state.value: 0 for state in JobState}
     counts.update({state: count for state, count in rows})
     assert batch.id is not None
@@ -106,6 +118,10 @@ def batch_status(engine: Engine, batch_id: int, *, error_limit: int = 10) -> Bat
         failure_reasons=[{"reason": reason or "", "jobs": count} for reason, count in reasons],
         on_uncertain=batch.on_uncertain,
         lost_answers=dict(zip(LOST_ANSWER_COUNTS, lost, strict=True)),
+        paused_reason=batch.paused_reason,
+        canceled=batch.canceled,
+        spent=spent,
+        budget=batch.budget,
     )
 
 

@@ -7,6 +7,11 @@ at once cannot claim one job twice: the claim is a compare-and-set on ``pending`
 the candidates are locked with SKIP LOCKED, so they do not even contend). Nor can they both fill one
 account's room: an account is admitted to by one dispatcher at a time (a lease in Redis), which
 counts its places again once it holds the lease.
+
+Control is obeyed here, each round, for the whole fleet: a paused or canceled batch has nothing
+claimed, an account paused by hand takes nothing, and no job is claimed whose price would take its
+batch past its ``budget`` or its account past its ``daily_credits`` (what is in flight counted). A
+batch whose next job does not fit its budget is paused, ``budget reached``, for a person to raise it.
 """
 
 from __future__ import annotations
@@ -16,14 +21,19 @@ import math
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import groupby
+from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import Engine, func, or_, update
 from sqlmodel import Session, col, select
 
 from jobs.accounts import Account
+from jobs.control import CANCELED_REASON, account_pauses, batch_credits, credits_today
 from jobs.db import is_sqlite, session_scope
-from jobs.lifecycle import IN_FLIGHT, BatchState, JobState, TaskState
+from jobs.lifecycle import IN_FLIGHT, BatchState, JobState, TaskState, move_all
 from jobs.models import Batch, Job, ProviderTask, utcnow
+from jobs.spec import JobSpec
+from jobs.states import BUDGET_REACHED
 from workers.providers import ADAPTERS
 from workers.providers.base import Provider
 from workers.runtime import Runtime
@@ -36,11 +46,16 @@ def dispatch(runtime: Runtime) -> list[int]:
     requests that polls due soon will need, because a finished picture waiting for its poll holds an
     in-flight place and a link that may expire, while a job waiting to be sent costs nothing yet.
     """
+    cancel_what_waits(runtime)
     held = held_places(runtime.engine)
+    with Session(runtime.engine) as session:
+        paused = account_pauses(session)
     queued: list[int] = []
     for account in runtime.accounts.values():
         adapter = ADAPTERS.get(account.provider)
-        if adapter is None or account.max_in_flight - sum(held.get(account.name, {}).values()) <= 0:
+        if adapter is None or account.name in paused:
+            continue
+        if account.max_in_flight - sum(held.get(account.name, {}).values()) <= 0:
             continue
         with runtime.limiter.admission(account.name) as admitting:
             if admitting:
@@ -70,6 +85,23 @@ def _admit(runtime: Runtime, account: Account, adapter: type[Provider]) -> list[
         queued_lease=runtime.settings.queued_lease,
         only_batch=runtime.settings.only_batch,
     )
+
+
+def cancel_what_waits(runtime: Runtime) -> None:
+    """Jobs of a canceled batch that came back to waiting after the cancel (a submit that started
+    nothing, a lost answer sent again) are canceled too, and a batch left with nothing unfinished ends."""
+    from workers.finish import finish_batch_if_done
+
+    with session_scope(runtime.engine) as session:
+        canceled = session.exec(
+            select(Batch.id).where(col(Batch.state) == BatchState.RUNNING.value, col(Batch.canceled).is_not(None))
+        ).all()
+        if canceled:
+            move_all(session, [col(Job.batch_id).in_(canceled)], [JobState.PENDING], JobState.CANCELED,
+                     error=CANCELED_REASON, credits=None)  # fmt: skip
+    for batch_id in canceled:
+        if batch_id is not None:
+            finish_batch_if_done(runtime, batch_id)
 
 
 def polls_due(engine: Engine, account: str, by: datetime) -> int:
@@ -125,38 +157,98 @@ def claim(
     one job only (a job of the catalog just finished). Each batch's candidates are read through the
     ``(batch_id, state, provider, id)`` index with a limit, so a round costs the same with a
     thousand pending jobs as with a million.
+
+    Paused and canceled batches are passed over, an account paused by hand takes nothing, and each
+    claimed job takes its price from its batch's budget and its account's credits of the day.
     """
     with session_scope(engine) as session:
-        running = select(Batch.id, Batch.priority).where(col(Batch.state) == BatchState.RUNNING.value)
+        if account.name in account_pauses(session):
+            return []
+        running = select(Batch.id, Batch.priority, Batch.budget).where(
+            col(Batch.state) == BatchState.RUNNING.value,
+            col(Batch.paused_reason).is_(None),
+            col(Batch.canceled).is_(None),
+        )
         if only_batch is not None:
             running = running.where(col(Batch.id) == only_batch)
         batches = session.exec(running.order_by(col(Batch.priority).desc(), col(Batch.id))).all()
+        budgets = {batch_id: budget for batch_id, _, budget in batches if batch_id is not None and budget is not None}
+        spent = batch_credits(session, list(budgets))
+        left = {batch_id: budget - spent.get(batch_id, 0) for batch_id, budget in budgets.items()}
+        account_left = _account_left(session, account)
+        prices: dict[int, int] = {}
+        over_budget: list[int] = []
         chosen: list[int] = []
         for _, group in groupby(batches, key=lambda row: row[1]):
-            per_batch = [
-                (held.get(batch_id or 0, 0), _candidates(session, engine, account, batch_id, limit - len(chosen)))
-                for batch_id, _ in group
-            ]
-            chosen += fair_shares(per_batch, limit - len(chosen))
+            per_batch = []
+            for batch_id, _, _ in group:
+                assert batch_id is not None
+                candidates = _candidates(session, engine, account, batch_id, limit - len(chosen))
+                prices.update(candidates)
+                fitting = _within(list(candidates), prices, left.get(batch_id))
+                if len(fitting) < len(candidates):
+                    over_budget.append(batch_id)
+                per_batch.append((held.get(batch_id, 0), fitting))
+            dealt = fair_shares(per_batch, limit - len(chosen))
+            if account_left is not None:
+                dealt = _within(dealt, prices, account_left)
+                account_left -= sum(prices[job_id] for job_id in dealt)
+            chosen += dealt
             if len(chosen) >= limit:
                 break
+        if over_budget:
+            session.execute(update(Batch).where(col(Batch.id).in_(over_budget)).values(paused_reason=BUDGET_REACHED))
         if not chosen:
             return []
-        now = utcnow()
-        lease = now + timedelta(seconds=queued_lease)
-        moved = session.execute(
-            update(Job)
-            .where(col(Job.id).in_(chosen), col(Job.state) == JobState.PENDING.value)
-            .values(state=JobState.QUEUED.value, account=account.name, updated_at=now, lease_until=lease)
-            .returning(col(Job.id))
-        )
-        claimed = {row[0] for row in moved}
+        claimed = _queue(session, account, chosen, prices, queued_lease)
     return [job_id for job_id in chosen if job_id in claimed]
 
 
-def _candidates(session: Session, engine: Engine, account: Account, batch_id: int | None, limit: int) -> list[int]:
+def _account_left(session: Session, account: Account) -> int | None:
+    """Credits the account may still take today; None when it has no daily cap."""
+    if account.daily_credits is None:
+        return None
+    return account.daily_credits - credits_today(session, [account.name]).get(account.name, 0)
+
+
+def _within(job_ids: Sequence[int], prices: Mapping[int, int], left: int | None) -> list[int]:
+    """The first of ``job_ids`` whose prices together fit in ``left`` credits (all of them when None).
+    The first that does not fit ends the list: a cheaper job behind it waits its turn, in order."""
+    if left is None:
+        return list(job_ids)
+    fitting: list[int] = []
+    for job_id in job_ids:
+        left -= prices[job_id]
+        if left < 0:
+            break
+        fitting.append(job_id)
+    return fitting
+
+
+def _queue(session: Session, account: Account, chosen: Sequence[int], prices: Mapping[int, int],
+           queued_lease: float) -> set[int]:  # fmt: skip
+    """Move the chosen jobs ``pending -> queued`` on the account, each holding its price; the ids moved."""
+    now = utcnow()
+    lease = now + timedelta(seconds=queued_lease)
+    by_price: dict[int, list[int]] = {}
+    for job_id in chosen:
+        by_price.setdefault(prices[job_id], []).append(job_id)
+    claimed: set[int] = set()
+    for price, ids in by_price.items():
+        moved = session.execute(
+            update(Job)
+            .where(col(Job.id).in_(ids), col(Job.state) == JobState.PENDING.value)
+            .values(state=JobState.QUEUED.value, account=account.name, updated_at=now, lease_until=lease, credits=price)
+            .returning(col(Job.id))
+        )
+        claimed |= {row[0] for row in moved}
+    return claimed
+
+
+def _candidates(session: Session, engine: Engine, account: Account, batch_id: int | None, limit: int) -> dict[int, int]:
+    """The batch's next pending jobs this account can serve, in order, with their prices in credits."""
     query = (
-        select(Job.id)
+        select(Job.id, Job.provider, Job.spec)
         .where(
             col(Job.batch_id) == batch_id,
             col(Job.state) == JobState.PENDING.value,
@@ -168,7 +260,16 @@ def _candidates(session: Session, engine: Engine, account: Account, batch_id: in
     )
     if not is_sqlite(engine):
         query = query.with_for_update(skip_locked=True)
-    return [job_id for job_id in session.exec(query).all() if job_id is not None]
+    return {job_id: price(provider, spec) for job_id, provider, spec in session.exec(query).all() if job_id is not None}
+
+
+def price(provider: str, spec: Mapping[str, Any]) -> int:
+    """A job's price in credits by its adapter; one credit a picture for a row no adapter can read."""
+    adapter = ADAPTERS.get(provider)
+    try:
+        return adapter.cost(JobSpec.model_validate(spec)).credits if adapter else 1
+    except ValidationError:
+        return 1
 
 
 def fair_shares(queues: Sequence[tuple[int, Sequence[int]]], limit: int) -> list[int]:

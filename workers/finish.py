@@ -52,7 +52,10 @@ def finish_batch_if_done(runtime: Runtime, batch_id: int) -> bool:
         )
     if any(state not in FINAL for state in counts):
         return False
-    state = BatchState.SUCCEEDED if set(counts) <= {JobState.SUCCEEDED.value} else BatchState.FAILED
+    if batch.canceled is not None:
+        state = BatchState.CANCELED
+    else:
+        state = BatchState.SUCCEEDED if set(counts) <= {JobState.SUCCEEDED.value} else BatchState.FAILED
     results_key = write_outputs(runtime, batch)
     with session_scope(runtime.engine) as session:
         moved = session.execute(
@@ -141,7 +144,9 @@ def frames_expected(job: Job) -> int:
 
 
 def credits_spent(job: Job, pictures: int) -> int:
-    """What a job that got its pictures was charged, by its provider's price."""
+    """What a job that got its pictures was charged: what the provider said, else its price."""
+    if job.credits is not None:
+        return job.credits
     cost = _cost(job)
     return cost.credits if cost is not None else pictures
 

@@ -15,6 +15,12 @@ def rate_pause(account: str) -> str:
     return f"{PREFIX}:rate:{account}:pause"
 
 
+def rate_requests(account: str) -> str:
+    """A hash of this account's requests ever taken from its allowance, by kind (``submit``, ``poll``):
+    the counters ``genq metrics`` shows. Never expires; a Redis restarted empty starts them again."""
+    return f"{PREFIX}:rate:{account}:requests"
+
+
 def kick(name: str) -> str:
     """A short-lived marker that debounces wake-ups of a periodic task."""
     return f"{PREFIX}:kick:{name}"

@@ -7,6 +7,8 @@ where polls wait their turn in a key's spent allowance), grouped as the provider
 requests a provider counts spend its keys' allowance. Time is the longer of what the allowance (what
 the in-flight places and the key's pace take at once, then a minute's worth a minute) and the
 in-flight caps permit, plus one generation.
+
+Caps are set beside it: the batch's ``budget`` and what the accounts' ``daily_credits`` leave of today.
 """
 
 from __future__ import annotations
@@ -41,6 +43,12 @@ class ProviderPlan:
     rpm: int
     """The allowance of all its accounts together, per minute."""
     seconds: float
+    daily_left: int | None = None
+    """Credits its accounts may still spend today by their ``daily_credits``; None when one has no cap."""
+
+    @property
+    def fits_today(self) -> bool:
+        return self.daily_left is None or self.credits <= self.daily_left
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,6 +57,12 @@ class ProviderPlan:
 @dataclass(frozen=True)
 class Plan:
     providers: tuple[ProviderPlan, ...]
+    budget: int | None = None
+    """The batch's cap in credits, where it has one."""
+
+    @property
+    def fits_budget(self) -> bool:
+        return self.budget is None or self.credits <= self.budget
 
     @property
     def requests(self) -> int:
@@ -68,7 +82,9 @@ class Plan:
             "requests": self.requests,
             "credits": self.credits,
             "seconds": round(self.seconds, 1),
-            "providers": [p.to_json() for p in self.providers],
+            "budget": self.budget,
+            "fits_budget": self.fits_budget,
+            "providers": [p.to_json() | {"fits_today": p.fits_today} for p in self.providers],
         }
 
 
@@ -78,9 +94,11 @@ def plan_batch(
     generation_seconds: Callable[[str, str | None], float],
     *,
     spread: float = 0.0,
+    spent_today: Mapping[str, int] | None = None,
 ) -> Plan:
     """``generation_seconds(provider, model)``: how long a picture takes (the learned first-poll delay);
-    ``spread``: the seconds over which the fleet paces each key (``Settings.rate_spread``)."""
+    ``spread``: the seconds over which the fleet paces each key (``Settings.rate_spread``);
+    ``spent_today``: credits each account holds today, against its ``daily_credits``."""
     jobs_by_provider: dict[str, list[JobSpec]] = defaultdict(list)
     for job in spec.jobs:
         jobs_by_provider[job.provider].append(job)
@@ -108,9 +126,16 @@ def plan_batch(
                 provider=provider, jobs=len(jobs), pictures=sum(cost.pictures for cost in costs), submits=submits,
                 polls=polls, credits=sum(cost.credits for cost in costs), limited_requests=limited,
                 accounts=len(serving), rpm=rpm, seconds=max(_by_rate(limited, at_once, rpm) + generation, by_slots),
+                daily_left=_daily_left(serving, spent_today or {}),
             )
         )  # fmt: skip
-    return Plan(tuple(plans))
+    return Plan(tuple(plans), budget=spec.budget)
+
+
+def _daily_left(serving: list[Account], spent_today: Mapping[str, int]) -> int | None:
+    if not serving or any(account.daily_credits is None for account in serving):
+        return None
+    return sum(max((account.daily_credits or 0) - spent_today.get(account.name, 0), 0) for account in serving)
 
 
 def _by_rate(limited: int, at_once: int, rpm: int) -> float:

@@ -27,7 +27,9 @@ from enum import Enum
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from jobs.control import CANCELED_REASON, canceled_running
 from jobs.db import is_sqlite, session_scope
+from jobs.errors import GenqError
 from jobs.lifecycle import JobState, TaskState, move
 from jobs.models import RATE_LIMITED, Job, JobEvent, ProviderTask, utcnow
 from jobs.settings import Settings
@@ -154,6 +156,7 @@ def poll_tasks(runtime: Runtime, task_ids: Sequence[int]) -> PollResult:
             ).all()
         )
     result = PollResult()
+    tasks = _not_canceled(runtime, tasks, result)
     if not tasks:
         return result
     account = runtime.accounts.get(tasks[0].account)
@@ -170,10 +173,47 @@ def poll_tasks(runtime: Runtime, task_ids: Sequence[int]) -> PollResult:
         return result
     provider = runtime.provider(account.name)
     if provider.polls_count_against_limit:
-        wait = runtime.limiter.acquire(account.name, account.rpm)
+        wait = runtime.limiter.acquire(account.name, account.rpm, kind="poll")
         if wait > 0:
             return _wait_for_allowance(runtime, tasks, wait)
     return _poll(runtime, account.name, provider, tasks, result)
+
+
+def _not_canceled(runtime: Runtime, tasks: list[ProviderTask], result: PollResult) -> list[ProviderTask]:
+    """The tasks still to poll. Those of a batch canceled with what runs (``genq cancel --running``:
+    its job was being submitted when the cancel came) end here, unpolled, their jobs ``canceled``."""
+    with Session(runtime.engine) as session:
+        canceled = canceled_running(session, {task.job_id for task in tasks})
+    ended = [task for task in tasks if task.job_id in canceled]
+    for task in ended:
+        with session_scope(runtime.engine) as session:
+            lock_job(session, task.job_id)
+            session.execute(
+                update(ProviderTask)
+                .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == TaskState.RUNNING.value)
+                .values(state=TaskState.FAILED.value, error=CANCELED_REASON, finished_at=utcnow())
+            )
+            if move(session, task.job_id, JobState.RUNNING, JobState.CANCELED, error=CANCELED_REASON):
+                result.failed.append(task.job_id)
+    delete_at_provider(runtime, [(task.account, task.remote_id) for task in ended])
+    return [task for task in tasks if task.job_id not in canceled]
+
+
+def delete_at_provider(runtime: Runtime, tasks: Sequence[tuple[str, str]]) -> int:
+    """Delete canceled tasks at their provider where its API has a delete (qtpixel); how many were.
+
+    Best effort: the job is canceled whatever the provider answers, and a task that cannot be
+    deleted runs to its end unpolled.
+    """
+    deleted = 0
+    for account, remote_id in tasks:
+        if account not in runtime.accounts:
+            continue
+        try:
+            deleted += runtime.provider(account).delete(remote_id)
+        except GenqError as error:
+            log.warning("task %s of %s not deleted at the provider: %s", remote_id, account, error)
+    return deleted
 
 
 def _wait_for_allowance(runtime: Runtime, tasks: Sequence[ProviderTask], wait: float) -> PollResult:

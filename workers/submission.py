@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlmodel import Session, col, select
 
+from jobs.control import CANCELED_REASON, account_pauses, admissible
 from jobs.db import session_scope, upsert_insert, while_the_database_is_back
 from jobs.errors import RedisUnavailable
 from jobs.lifecycle import JobState, TaskState, move
@@ -102,9 +103,7 @@ def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
     if job is None or job.state != JobState.QUEUED or job.account is None:
         return AfterSubmit()
     account = runtime.accounts.get(job.account)
-    if account is None:
-        with session_scope(runtime.engine) as session:
-            move(session, job_id, JobState.QUEUED, JobState.PENDING, account=job.pinned_account)
+    if account is None or not _may_send(runtime, job):
         return AfterSubmit()
     provider = runtime.provider(account.name)
     now = utcnow()
@@ -120,7 +119,7 @@ def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
 
     try:
         with talking_to_redis("taking a rate-limit token"):
-            wait = runtime.limiter.acquire(account.name, account.rpm)
+            wait = runtime.limiter.acquire(account.name, account.rpm, kind="submit")
     except RedisUnavailable:
         # Nothing was sent: the job goes back as it came, for the reconciler to send again.
         with session_scope(runtime.engine) as session:
@@ -135,6 +134,22 @@ def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
     return AfterSubmit(collect=while_the_database_is_back(partial(record_submitted, runtime, job, submitted)))
 
 
+def _may_send(runtime: Runtime, job: Job) -> bool:
+    """Whether a queued job may be sent now. Claimed before its batch was paused or canceled, or its
+    account paused by hand (or dropped from the accounts file), it is not sent: it goes back to
+    waiting, or is canceled with its batch."""
+    assert job.id is not None and job.account is not None
+    with session_scope(runtime.engine) as session:
+        held = admissible(session, [job.id]).get(job.id)
+        if held == "canceled":
+            move(session, job.id, JobState.QUEUED, JobState.CANCELED, error=CANCELED_REASON, credits=None)
+            return False
+        if held is not None or job.account not in runtime.accounts or job.account in account_pauses(session):
+            move(session, job.id, JobState.QUEUED, JobState.PENDING, account=job.pinned_account, credits=None)
+            return False
+    return True
+
+
 def _not_now(runtime: Runtime, job: Job, wait: float) -> AfterSubmit:
     """The key has no request to spare: back to queued, leased for the wait, or back to pending for
     another account when this one is out of rotation."""
@@ -143,7 +158,8 @@ def _not_now(runtime: Runtime, job: Job, wait: float) -> AfterSubmit:
         out_of_rotation = runtime.limiter.standing(job.account or "").out_of_rotation
     with session_scope(runtime.engine) as session:
         if out_of_rotation:
-            move(session, job.id, JobState.SUBMITTING, JobState.PENDING, account=job.pinned_account, holder=None)
+            move(session, job.id, JobState.SUBMITTING, JobState.PENDING, account=job.pinned_account, holder=None,
+                 credits=None)  # fmt: skip
             return AfterSubmit()
         lease = utcnow() + timedelta(seconds=wait + runtime.settings.queued_lease)
         move(session, job.id, JobState.SUBMITTING, JobState.QUEUED, holder=None, lease_until=lease)
@@ -174,7 +190,9 @@ def record_submitted(
             _task(job, now, index=index, remote_id=remote_id, next_poll_at=first_poll)
             for index, remote_id in enumerate(submitted.task_ids)
         ]
-    done = {"error": None, "holder": None, "lease_until": None}
+    done: dict[str, Any] = {"error": None, "holder": None, "lease_until": None}
+    if isinstance(submitted, Started) and submitted.credits_used is not None:
+        done["credits"] = submitted.credits_used
     with session_scope(runtime.engine) as session:
         moved = move(session, job.id, source, target, **done)
         if not moved and source is JobState.SUBMITTING:
@@ -242,10 +260,10 @@ def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | No
             _pause(runtime, job.account, runtime.settings.rotation_pause, why, out_of_rotation=True)
             if job.rotations + 1 >= runtime.settings.max_rotations:
                 released["error"] = f"{reason} ({job.rotations + 1} times; no account took it)"
-                move(session, job.id, JobState.SUBMITTING, JobState.FAILED, **released)
+                move(session, job.id, JobState.SUBMITTING, JobState.FAILED, credits=0, **released)
                 return None
             move(session, job.id, JobState.SUBMITTING, JobState.PENDING, account=job.pinned_account,
-                 rotations=job.rotations + 1, **released)  # fmt: skip
+                 rotations=job.rotations + 1, credits=None, **released)  # fmt: skip
             return None
         if step is NextStep.RETRY and job.attempts + 1 < runtime.settings.submit_attempts:
             move(
@@ -255,6 +273,7 @@ def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | No
                 JobState.PENDING,
                 account=job.pinned_account,
                 attempts=job.attempts + 1,
+                credits=None,
                 **released,
             )
         elif step is NextStep.UNCERTAIN:
@@ -263,5 +282,7 @@ def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | No
                     holder=None, error=reason):  # fmt: skip
                 session.add(JobEvent(job_id=job.id, event="answer lost", detail=reason))
         else:
-            move(session, job.id, JobState.SUBMITTING, JobState.FAILED, attempts=job.attempts + 1, **released)
+            # The provider's own error said nothing was started: nothing was charged.
+            move(session, job.id, JobState.SUBMITTING, JobState.FAILED, attempts=job.attempts + 1, credits=0,
+                 **released)  # fmt: skip
     return None

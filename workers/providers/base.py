@@ -69,6 +69,8 @@ class Started:
     task_ids: tuple[str, ...]
     """The provider's ids of the tasks this submit started, in order."""
     credits_remaining: float | None = None
+    credits_used: int | None = None
+    """What the provider says the submit charged, where it says (girlgenerator); else its ``cost``."""
 
 
 @dataclass(frozen=True)
@@ -200,6 +202,11 @@ class Provider(ABC):
     @abstractmethod
     def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         """The status of up to ``batch_poll_size`` provider tasks of one ``poll_group``, keyed by id."""
+
+    def delete(self, task_id: str) -> bool:
+        """End a provider task at the provider, for ``genq cancel --running``; whether the provider
+        has a documented way to (most do not: their tasks run to the end and are simply not polled)."""
+        return False
 
     def find_submissions(self, spec: JobSpec, since: datetime, until: datetime) -> list[Sighting]:
         """Submits of ``spec`` the provider recorded between ``since`` and ``until``, oldest first.

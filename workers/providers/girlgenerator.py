@@ -2,12 +2,14 @@
 
 The key may send 10 requests a minute, polls included, so polls are counted against the account's
 ``rpm`` (the seed's own example, polling every 5 s, would be refused on its own). A generation costs
-1 to 3 credits by the model behind its scene. Errors come as ``{"error": {"code": C, "message": M}}``;
+1 to 3 credits by the model behind its scene; a submit's answer says what it charged (``credits_used``)
+and what the key has left. Errors come as ``{"error": {"code": C, "message": M}}``;
 a task refused by the content filter ends ``failed`` with an error naming the content policy.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -70,9 +72,10 @@ class Girlgenerator(Provider):
         task_id = payload.get("task_id") if isinstance(payload, dict) else None
         if not isinstance(task_id, str) or not task_id:
             raise AnswerLost(f"girlgenerator {response.status_code}: a submit answer without a task_id")
-        remaining = payload.get("credits_remaining")
-        credits = float(remaining) if isinstance(remaining, int | float) and not isinstance(remaining, bool) else None
-        return Started((task_id,), credits_remaining=credits)
+        remaining = _number(payload.get("credits_remaining"))
+        used = _number(payload.get("credits_used"))
+        charged = math.ceil(used) if used is not None and used >= 0 else None
+        return Started((task_id,), credits_remaining=remaining, credits_used=charged)
 
     def poll(self, task_ids: Sequence[str]) -> dict[str, TaskStatus]:
         [task_id] = task_ids
@@ -89,6 +92,11 @@ class Girlgenerator(Provider):
             headers={"Authorization": f"Bearer {self._api_key}"},
             **kwargs,
         )
+
+
+def _number(value: Any) -> float | None:
+    """A number of the answer's, or None for anything else (a bool is not a count of credits)."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
 def _checked(response: httpx.Response, *, paid: bool) -> Any:

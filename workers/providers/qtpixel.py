@@ -121,6 +121,16 @@ class Qtpixel(Provider):
             raise AnswerLost(f"qtpixel {response.status_code}: a batch-generate answer without its ids")
         return Started(tuple(f"{BATCH_PREFIX}{batch_id}:{task_id}" for task_id in task_ids))
 
+    def delete(self, task_id: str) -> bool:
+        """``DELETE /api/v1/task/:id``, the one delete qtpixel documents (a sprite batch's frames are
+        deleted one by one; it has none for a batch). A task already gone is deleted all the same."""
+        remote = task_id.rpartition(":")[2]
+        response = self._send(self._request("DELETE", f"/api/v1/task/{remote}"), paid=False)
+        if response.status_code == 404 and _documented(response) is not None:
+            return True
+        self._check(response, paid=False)
+        return True
+
     def find_submissions(self, spec: JobSpec, since: datetime, until: datetime) -> list[Sighting]:
         """A single task from the task list, a batch from the batch list (then its tasks by one more
         request), newest first, read back to ``since``; matched by prompt (and mode and count)."""
