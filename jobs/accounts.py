@@ -26,9 +26,13 @@ class Account(BaseModel):
     api_key_env: str = Field(min_length=1)
     base_url: str = Field(min_length=1)
     rpm: int = Field(gt=0)
-    """Requests per minute this key may send, polls included where the provider counts them."""
+    """Requests per minute this key may send, polls included (unless ``polls_count`` is false)."""
     max_in_flight: int = Field(gt=0)
     """Provider tasks this key may have running at once."""
+    polls_count: bool | None = None
+    """Whether this key's polls take from ``rpm``. None: they do, as for every provider by default
+    (an unpublished limit may count them, and a poll past it draws a 429 and a pause); False: the
+    provider is known to leave this key's polls free."""
     daily_credits: int | None = Field(default=None, gt=0)
     """Credits this key may spend a day (from midnight UTC), jobs in flight counted; None: no cap."""
     options: dict[str, str] = Field(default_factory=dict)

@@ -11,27 +11,41 @@ from tests.test_cli import genq, rows
 from workers.plan import plan_batch
 
 
-def account(name: str, provider: str, rpm: int, max_in_flight: int = 4) -> Account:
+def account(name: str, provider: str, rpm: int, max_in_flight: int = 4, polls_count: bool | None = None) -> Account:
     return Account(name=name, provider=provider, api_key_env="K", base_url="http://x", rpm=rpm,
-                   max_in_flight=max_in_flight)  # fmt: skip
+                   max_in_flight=max_in_flight, polls_count=polls_count)  # fmt: skip
 
 
 def test_a_rate_bound_batch_takes_as_long_as_its_submits_at_the_accounts_limits():
+    spec = parse_batch(("prompt,provider\n" + "a cat,gencraft\n" * 100).encode(), "cats.csv")
+    accounts = {
+        name: account(name, "gencraft", rpm=10, max_in_flight=50, polls_count=False) for name in ("gc-1", "gc-2")
+    }
+
+    plan = plan_batch(spec, accounts, lambda provider, model: 20.0)
+
+    [gencraft] = plan.providers
+    assert (gencraft.submits, gencraft.polls, gencraft.credits) == (100, 6, 100)  # polls of up to 20 ids
+    assert gencraft.limited_requests == 100  # these keys' polls are free
+    # A minute's 20 at once, the other 80 at 20 a minute, then one generation.
+    assert plan.seconds == 60 * 80 / 20 + 20
+
+
+def test_gencraft_polls_spend_the_allowance_unless_the_accounts_say_they_are_free():
     spec = parse_batch(("prompt,provider\n" + "a cat,gencraft\n" * 100).encode(), "cats.csv")
     accounts = {name: account(name, "gencraft", rpm=10, max_in_flight=50) for name in ("gc-1", "gc-2")}
 
     plan = plan_batch(spec, accounts, lambda provider, model: 20.0)
 
     [gencraft] = plan.providers
-    assert (gencraft.submits, gencraft.polls, gencraft.credits) == (100, 6, 100)  # polls of up to 20 ids
-    assert gencraft.limited_requests == 100  # gencraft does not count polls
-    # A minute's 20 at once, the other 80 at 20 a minute, then one generation.
-    assert plan.seconds == 60 * 80 / 20 + 20
+    # The keys bind, so each poll of 20 ids waits its turn and finds its tasks done: 5 polls, counted.
+    assert (gencraft.submits, gencraft.polls, gencraft.limited_requests) == (100, 5, 105)
+    assert plan.seconds == 60 * 85 / 20 + 20
 
 
 def test_a_paced_key_sends_no_more_at_once_than_its_pace_allows():
     spec = parse_batch(("prompt,provider\n" + "a cat,gencraft\n" * 265).encode(), "cats.csv")
-    accounts = {"gc": account("gc", "gencraft", rpm=120, max_in_flight=200)}
+    accounts = {"gc": account("gc", "gencraft", rpm=120, max_in_flight=200, polls_count=False)}
 
     paced = plan_batch(spec, accounts, lambda provider, model: 20.0, spread=10)
     burst = plan_batch(spec, accounts, lambda provider, model: 20.0, spread=0)

@@ -35,14 +35,14 @@ from jobs.models import Batch, Job, ProviderTask, utcnow
 from jobs.spec import JobSpec
 from jobs.states import BUDGET_REACHED
 from workers.providers import ADAPTERS
-from workers.providers.base import Provider
+from workers.providers.base import Provider, polls_count
 from workers.runtime import Runtime
 
 
 def dispatch(runtime: Runtime) -> list[int]:
     """One admission round; the ids of the jobs it queued, in the order they should be sent.
 
-    Where a provider counts polls against the key's limit, polls come first: a round leaves the
+    Where an account's polls count against its key's limit (``polls_count``), polls come first: a round leaves the
     requests that polls due soon will need, because a finished picture waiting for its poll holds an
     in-flight place and a link that may expire, while a job waiting to be sent costs nothing yet.
     """
@@ -71,7 +71,7 @@ def _admit(runtime: Runtime, account: Account, adapter: type[Provider]) -> list[
     if room <= 0:
         return []
     allowance = runtime.limiter.available(account.name, account.rpm, within=runtime.settings.dispatch_interval)
-    if adapter.polls_count_against_limit and allowance > 0:
+    if polls_count(account, adapter) and allowance > 0:
         horizon = utcnow() + timedelta(seconds=2 * runtime.settings.dispatch_interval)
         allowance -= math.ceil(polls_due(runtime.engine, account.name, horizon) / adapter.batch_poll_size)
     room = min(room, allowance)

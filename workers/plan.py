@@ -22,6 +22,7 @@ from typing import Any
 from jobs.accounts import Account
 from jobs.spec import BatchSpec, JobSpec
 from workers.providers import ADAPTERS
+from workers.providers.base import Provider, polls_count
 from workers.ratelimit import burst_limit
 from workers.timing import QUANTILE
 
@@ -115,12 +116,13 @@ def plan_batch(
         generation = max((generation_seconds(provider, job.model) for job in jobs), default=0.0)
         by_slots = generation * math.ceil(len(jobs) / slots) if slots else math.inf
         polls = 0 if adapter.synchronous else _polls(tasks, adapter.batch_poll_size)
-        if adapter.polls_count_against_limit and polls:
+        counted = _polls_counted(serving, adapter)
+        if counted and polls:
             first_polls = _polls(tasks, adapter.batch_poll_size, follow_ups=False)
             if _by_rate(submits + first_polls, at_once, rpm) > by_slots:
                 # The key binds, so each poll waits its turn in the allowance and finds its task done.
                 polls = first_polls
-        limited = submits + (polls if adapter.polls_count_against_limit else 0)
+        limited = submits + (polls if counted else 0)
         plans.append(
             ProviderPlan(
                 provider=provider, jobs=len(jobs), pictures=sum(cost.pictures for cost in costs), submits=submits,
@@ -130,6 +132,14 @@ def plan_batch(
             )
         )  # fmt: skip
     return Plan(tuple(plans), budget=spec.budget)
+
+
+def _polls_counted(serving: list[Account], adapter: type[Provider]) -> bool:
+    """Whether the provider's polls spend its keys' allowance: jobs may go to any of its accounts, so
+    they are counted where any of them counts them (``polls_count``)."""
+    if not serving:
+        return adapter.polls_count_against_limit
+    return any(polls_count(account, adapter) for account in serving)
 
 
 def _daily_left(serving: list[Account], spent_today: Mapping[str, int]) -> int | None:

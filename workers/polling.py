@@ -27,6 +27,7 @@ from enum import Enum
 from sqlalchemy import update
 from sqlmodel import Session, col, select
 
+from jobs.accounts import Account
 from jobs.control import CANCELED_REASON, canceled_running
 from jobs.db import is_sqlite, session_scope
 from jobs.errors import GenqError
@@ -51,7 +52,9 @@ from workers.providers.base import (
     Transient,
     Unreadable,
     decide,
+    polls_count,
 )
+from workers.ratelimit import RequestKind
 from workers.runtime import Runtime
 from workers.timing import FOLLOW_UP_SHARE
 
@@ -172,11 +175,20 @@ def poll_tasks(runtime: Runtime, task_ids: Sequence[int]) -> PollResult:
     if not tasks:
         return result
     provider = runtime.provider(account.name)
-    if provider.polls_count_against_limit:
-        wait = runtime.limiter.acquire(account.name, account.rpm, kind="poll")
-        if wait > 0:
-            return _wait_for_allowance(runtime, tasks, wait)
+    wait = may_read(runtime, account, provider, kind="poll")
+    if wait > 0:
+        return _wait_for_allowance(runtime, tasks, wait)
     return _poll(runtime, account.name, provider, tasks, result)
+
+
+def may_read(runtime: Runtime, account: Account, provider: Provider, *, kind: RequestKind) -> float:
+    """0 when a poll (or a lookup) may go now, else seconds to wait. Where polls count, one request is
+    taken from the allowance; where the account's polls are free, only its pause is looked at: a key
+    paused after a 429 (to any of its requests) or refused sends nothing until the pause ends, for
+    the provider that turned away one request turns away the next."""
+    if polls_count(account, provider):
+        return runtime.limiter.acquire(account.name, account.rpm, kind=kind)
+    return runtime.limiter.standing(account.name).paused_for
 
 
 def _not_canceled(runtime: Runtime, tasks: list[ProviderTask], result: PollResult) -> list[ProviderTask]:

@@ -26,8 +26,9 @@ from jobs.db import session_scope
 from jobs.lifecycle import JobState, TaskState, UncertainPolicy, move
 from jobs.models import Batch, Job, JobEvent, ProviderTask, utcnow
 from jobs.spec import JobSpec
+from workers.polling import may_read
 from workers.providers import adapter_class
-from workers.providers.base import ProviderError, Sighting
+from workers.providers.base import ProviderError, RateLimited, Sighting
 from workers.runtime import Runtime
 
 LOOK_AGAIN = 10.0
@@ -81,7 +82,7 @@ def _search(runtime: Runtime, job: Job) -> Outcome:
     assert job.id is not None and job.account is not None and job.sent_at is not None
     account = runtime.accounts[job.account]
     provider = runtime.provider(account.name)
-    if provider.polls_count_against_limit and runtime.limiter.acquire(account.name, account.rpm) > 0:
+    if may_read(runtime, account, provider, kind="other") > 0:
         return Outcome(Settled.WAITING)
     since = job.sent_at - timedelta(seconds=SLACK)
     until = (job.lease_until or utcnow()) + timedelta(seconds=SLACK)
@@ -89,6 +90,9 @@ def _search(runtime: Runtime, job: Job) -> Outcome:
         sightings = provider.find_submissions(JobSpec.model_validate(job.spec), since, until)
     except ProviderError as error:
         log.info("job %s: the provider's record could not be read (%s); looked up again later", job.id, error)
+        if isinstance(error, RateLimited):
+            # A 429 to a lookup is the key's as much as one to a submit: every request of it waits.
+            runtime.limiter.pause(account.name, error.retry_after, "rate limited by the provider (429)")
         return Outcome(Settled.WAITING)
     sighting = _unclaimed(runtime, job, sightings)
     if sighting is None:

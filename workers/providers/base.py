@@ -145,8 +145,10 @@ class Provider(ABC):
     name: ClassVar[str]
     batch_poll_size: ClassVar[int] = 1
     """How many provider tasks one poll request may ask about."""
-    polls_count_against_limit: ClassVar[bool] = False
-    """Whether the provider counts polls in the key's requests per minute."""
+    polls_count_against_limit: ClassVar[bool] = True
+    """Whether the provider counts polls in the key's requests per minute, unless an account says
+    otherwise (``polls_count``). True for every provider: where the limit is not published, a poll
+    taken as free draws 429s that pause the account's submits too. Read it through ``polls_count``."""
     typical_seconds: ClassVar[float] = 30.0
     """How long a picture takes, before genq has learned it (``genq plan`` uses it)."""
     synchronous: ClassVar[bool] = False
@@ -217,6 +219,13 @@ class Provider(ABC):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} account={self.account.name}>"
+
+
+def polls_count(account: Account, adapter: type[Provider] | Provider) -> bool:
+    """Whether a poll of this account takes a request from its allowance: the account's
+    ``polls_count`` where it gives one, else the provider's default. Polling, admission and
+    ``genq plan`` all ask here, so what is spent and what is planned agree."""
+    return adapter.polls_count_against_limit if account.polls_count is None else account.polls_count
 
 
 def _request_seconds(timeout: httpx.Timeout, read: float | None) -> float:
