@@ -1,170 +1,58 @@
-"""``make bench``: each section prints figures measured side by side in one run.
+"""``make bench``: each section prints figures measured side by side in one run, each beside its goal,
+and every figure goes into ``var/bench.json`` (one flat object of numbers: seconds, ratios, MB).
 
 throughput: the pipeline's end-to-end throughput beside a bare Celery no-op's, same broker,
 same worker settings, same run; and their ratio.
-ratelimit: one key's use of its limit by four worker processes, beside Celery's own ``rate_limit``;
-and ``genq plan``'s estimate beside what the run spent.
-polls: provider requests per finished image beside the polling loop of the provider's document.
+ratelimit: keys' use of their limit by four worker processes, beside Celery's own ``rate_limit``;
+the seconds from a request's token to its arrival; ``genq plan``'s estimate beside what the run spent.
+polls: provider requests per finished image beside the polling loop of the provider's document, and
+the seconds from a picture being done to its first poll.
 admission: one dispatch round with 10,000 and with 1,000,000 pending jobs on PostgreSQL.
-
-The pipeline runs against the sandbox at zero latency with no rate limit, so what is measured is
-genq's own cost per job: admission, submit, polls, download, checks, storage and records.
+ingest: ``genq submit`` of a 100,000-row and a 1,000,000-row CSV: rows a second and peak memory.
 """
 
 from __future__ import annotations
 
-import os
-import subprocess
+import json
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import redis
-import yaml
-
-from bench.fleet import scoped_environ
-from jobs.batchfile import parse_batch
-from jobs.db import make_engine, migrate
-from jobs.producer import produce
-from jobs.redisserver import EmbeddedRedis, client_url
-from jobs.settings import Settings
-from jobs.status import batch_status
-
-JOBS = int(os.environ.get("GENQ_BENCH_JOBS", "300"))
-NOOPS = int(os.environ.get("GENQ_BENCH_NOOPS", "2000"))
-CONCURRENCY = 8
-
-
-def start_worker(app: str, env: dict[str, str], log: Path, *, beat: bool) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "celery", "-A", app, "worker", "--pool", "threads",
-               "--concurrency", str(CONCURRENCY), "--queues", "control,submit,poll,collect",
-               "--loglevel", "WARNING", "--without-mingle", "--without-gossip"]  # fmt: skip
-    if beat:
-        command += ["--beat", "--schedule", str(log.parent / "beat-schedule")]
-    handle = open(log, "wb")  # noqa: SIM115
-    process = subprocess.Popen(command, env={**os.environ, **env}, stdout=handle, stderr=subprocess.STDOUT)
-    handle.close()
-    return process
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-
-
-def wait_ready(client: redis.Redis, app_name: str, env: dict[str, str]) -> None:
-    """Wait until a worker answers a ping through the broker."""
-    from workers.app import make_app
-
-    app = make_app(Settings(redis_url=env["GENQ_REDIS_URL"]))
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if app.control.ping(timeout=0.5):
-            return
-    raise SystemExit(f"{app_name} worker did not start")
-
-
-def bench_noop(env: dict[str, str], work: Path) -> float:
-    from bench.noop import COUNTER
-    from bench.noop import app as noop_app
-
-    client = redis.Redis.from_url(client_url(env["GENQ_REDIS_URL"]))
-    client.delete(COUNTER)
-    worker = start_worker("bench.noop", env, work / "noop.log", beat=False)
-    try:
-        wait_ready(client, "no-op", env)
-        noop_app.conf.broker_url = env["GENQ_REDIS_URL"]
-        started = time.perf_counter()
-        for _ in range(NOOPS):
-            noop_app.send_task("bench.noop", queue="control")
-        while int(client.get(COUNTER) or 0) < NOOPS:
-            time.sleep(0.01)
-        return NOOPS / (time.perf_counter() - started)
-    finally:
-        stop(worker)
-
-
-def bench_pipeline(env: dict[str, str], work: Path, sandbox_url: str) -> float:
-    from workers.app import make_app
-
-    accounts = {
-        "accounts": [
-            {"name": "bench-gencraft", "provider": "gencraft", "api_key_env": "GENQ_BENCH_KEY",
-             "base_url": f"{sandbox_url}/gencraft", "rpm": 10_000_000, "max_in_flight": 100_000}
-        ]
-    }  # fmt: skip
-    (work / "accounts.yaml").write_text(yaml.safe_dump(accounts))
-    rows = "".join(f"bench picture {i},gencraft,1:1\n" for i in range(JOBS))
-    spec = parse_batch(f"prompt,provider,aspect\n{rows}".encode(), "bench.csv")
-    settings = Settings(database_url=env["GENQ_DATABASE_URL"], redis_url=env["GENQ_REDIS_URL"])
-    engine = make_engine(settings.resolved_database_url())
-    migrate(engine)
-    client = redis.Redis.from_url(client_url(env["GENQ_REDIS_URL"]))
-    worker = start_worker("workers", env, work / "pipeline.log", beat=True)
-    try:
-        wait_ready(client, "genq", env)
-        started = time.perf_counter()
-        batch = produce(engine, spec).batch
-        make_app(settings).send_task("genq.dispatch")
-        while not batch_status(engine, batch.id).final:
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - started
-        status = batch_status(engine, batch.id)
-        if status.state != "succeeded":
-            raise SystemExit(f"the bench batch did not succeed: {status.counts}")
-        return JOBS / elapsed
-    finally:
-        stop(worker)
-
-
-def throughput() -> None:
-    from sandbox.config import SandboxConfig
-    from sandbox.server import SandboxServer
-
-    with tempfile.TemporaryDirectory(prefix="genq-bench-") as tmp:
-        work = Path(tmp)
-        with EmbeddedRedis(work / "redis") as server, SandboxServer(SandboxConfig(image_long_side=64)) as sandbox:
-            env = {
-                "GENQ_REDIS_URL": os.environ.get("GENQ_BENCH_REDIS_URL", server.url),
-                "GENQ_DATABASE_URL": os.environ.get("GENQ_BENCH_DATABASE_URL", f"sqlite:///{work / 'bench.db'}"),
-                "GENQ_STORAGE_URL": f"file://{work / 'objects'}",
-                "GENQ_ACCOUNTS": str(work / "accounts.yaml"),
-                "GENQ_VAR_DIR": str(work / "var"),
-                "GENQ_BENCH_KEY": "bench-key",
-                "GENQ_FIRST_POLL_DELAY": "0.2",
-                "GENQ_DISPATCH_INTERVAL": "0.5",
-                "GENQ_SWEEP_INTERVAL": "0.2",
-            }
-            with scoped_environ(env):
-                noop = bench_noop(env, work)
-                pipeline = bench_pipeline(env, work, sandbox.url)
-    print("genq bench: throughput through one broker, one worker process, 8 threads")
-    print(f"  bare Celery no-op task     {noop:9.1f} tasks/s  ({NOOPS} tasks)")
-    print(f"  genq pipeline, end to end  {pipeline:9.1f} jobs/s   ({JOBS} jobs: submit, poll, collect, store)")
-    print(f"  ratio pipeline / no-op     {pipeline / noop:9.3f}")
+RESULTS = Path("var") / "bench.json"
 
 
 def main(argv: list[str]) -> None:
     """``python -m bench [section ...]``: every section when none is named."""
-    from bench import admission, polls, ratelimit
+    from bench import admission, ingest, polls, ratelimit, throughput
 
-    sections: dict[str, Callable[[], None]] = {
-        "throughput": throughput,
+    sections: dict[str, Callable[[], dict[str, float]]] = {
+        "throughput": throughput.main,
         "ratelimit": ratelimit.main,
         "polls": polls.main,
         "admission": admission.main,
+        "ingest": ingest.main,
     }
     unknown = [name for name in argv if name not in sections]
     if unknown:
         raise SystemExit(f"unknown bench section(s): {', '.join(unknown)}; known: {', '.join(sections)}")
+    figures: dict[str, float] = {}
+    started = time.monotonic()
     for name in argv or list(sections):
-        sections[name]()
+        section_started = time.monotonic()
+        figures |= sections[name]()
+        figures[f"{name}_section_seconds"] = round(time.monotonic() - section_started, 1)
+        _write(figures)
         print()
+    figures["bench_seconds"] = round(time.monotonic() - started, 1)
+    _write(figures)
+    print(f"bench: {figures['bench_seconds']:.0f} s in all; every figure is in {RESULTS}")
+
+
+def _write(figures: dict[str, float]) -> None:
+    """Written after each section, so a section that fails leaves the figures of those before it."""
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
 
 
 if __name__ == "__main__":

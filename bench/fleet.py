@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,12 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
 import yaml
 
 from jobs.batchfile import parse_batch
 from jobs.db import make_engine, migrate
 from jobs.producer import produce
-from jobs.redisserver import EmbeddedRedis
+from jobs.redisserver import EmbeddedRedis, client_url
 from jobs.settings import Settings
 from jobs.spec import BatchSpec
 from jobs.status import BatchStatus, batch_status
@@ -35,6 +37,9 @@ class Fleet:
     env: dict[str, str]
     sandbox: SandboxServer
     settings: Settings
+    keys: dict[str, str]
+    """Each account's key, by account name: every account has a key of its own."""
+    tokens: TokenLog
 
     def batch(self, name: str, rows: Sequence[str], provider: str) -> BatchSpec:
         body = "prompt,provider\n" + "".join(f"{row},{provider}\n" for row in rows)
@@ -58,11 +63,67 @@ class Fleet:
             time.sleep(0.25)
         raise SystemExit(f"bench batch {spec.name} not final after {timeout} s: {batch_status(engine, batch.id)}")
 
+    def arrivals(self, account: str) -> list[float]:
+        """When each request made with the account's key arrived at the sandbox, 429s included."""
+        from sandbox.stats import key_id
+
+        mine = key_id(self.keys[account])
+        return sorted(r["t"] for r in self.sandbox.stats()["requests"] if r["key_id"] == mine)
+
     def keyed_requests(self, provider: str, since: float = 0.0) -> list[dict[str, Any]]:
         """Every request the sandbox saw made with a key of ``provider`` (downloads carry none)."""
         return [
             r for r in self.sandbox.stats()["requests"] if r["provider"] == provider and r["key_id"] and r["t"] >= since
         ]
+
+
+class TokenLog:
+    """Every rate-limit token the fleet takes, read from the limiter's own log in Redis (each entry
+    scored by the Redis clock, this machine's, as the sandbox's request times are) every second,
+    well before the log lets an entry go at the end of its minute."""
+
+    def __init__(self, redis_url: str, accounts: Sequence[str]) -> None:
+        from workers import keys
+
+        self._client = redis.Redis.from_url(client_url(redis_url))
+        self._logs = {account: keys.rate_log(account) for account in accounts}
+        self._seen: dict[str, dict[bytes, float]] = {account: {} for account in accounts}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TokenLog:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._read()
+        self._client.close()
+
+    def _run(self) -> None:
+        while not self._stop.wait(1.0):
+            self._read()
+
+    def _read(self) -> None:
+        with self._lock:
+            for account, log in self._logs.items():
+                entries: list[tuple[bytes, float]] = self._client.zrange(log, 0, -1, withscores=True)  # type: ignore[assignment]
+                for member, score in entries:
+                    self._seen[account][member] = score / 1000.0
+
+    def times(self, account: str) -> list[float]:
+        """Every token the account took so far, in time order."""
+        self._read()
+        return sorted(self._seen[account].values())
+
+
+def token_to_arrival(tokens: Sequence[float], arrivals: Sequence[float]) -> list[float]:
+    """Seconds from each request's token to its arrival at the provider, pairing the k-th token with
+    the k-th arrival, both in time order. A token whose request never left would shift every pair
+    after it by a request's spacing and show as lag: the figure cannot hide such a token."""
+    return [arrival - token for token, arrival in zip(sorted(tokens), sorted(arrivals), strict=False)]
 
 
 @contextmanager
@@ -89,7 +150,10 @@ def fleet(
         SandboxServer(config) as sandbox,
     ):
         work = Path(tmp)
-        full = [{"api_key_env": KEY_ENV, **sandbox.account_settings(a["provider"]), **a} for a in accounts]
+        keys = {a["name"]: f"bench-key-{n}" for n, a in enumerate(accounts)}
+        key_envs = {f"{KEY_ENV}_{n}": keys[a["name"]] for n, a in enumerate(accounts)}
+        full = [{"api_key_env": f"{KEY_ENV}_{n}", **sandbox.account_settings(a["provider"]), **a}
+                for n, a in enumerate(accounts)]  # fmt: skip
         (work / "accounts.yaml").write_text(yaml.safe_dump({"accounts": full}))
         env = {
             "GENQ_REDIS_URL": redis_server.url,
@@ -97,7 +161,7 @@ def fleet(
             "GENQ_STORAGE_URL": f"file://{work / 'objects'}",
             "GENQ_ACCOUNTS": str(work / "accounts.yaml"),
             "GENQ_VAR_DIR": str(work / "var"),
-            KEY_ENV: "bench-key",
+            **key_envs,
             "GENQ_DISPATCH_INTERVAL": "0.5",
             "GENQ_SWEEP_INTERVAL": "0.25",
         }
@@ -107,7 +171,8 @@ def fleet(
             processes = [_worker(app, env, work / f"worker-{n}.log", beat=n == 0) for n in range(workers)]
             try:
                 _wait_ready(processes, work)
-                yield Fleet(work, env, sandbox, settings)
+                with TokenLog(redis_server.url, list(keys)) as tokens:
+                    yield Fleet(work, env, sandbox, settings, keys, tokens)
             finally:
                 for process in processes:
                     process.terminate()

@@ -1,11 +1,15 @@
-"""Batch files (CSV, YAML, JSONL) into a checked ``BatchSpec``, or every problem in them at once.
+"""Batch files (CSV, YAML, JSONL) into checked jobs, or every problem in them at once.
 
-The whole file is read and checked before anything is written, so a refused file leaves no row
-behind; and every problem names the file, the line and the field, because the person fixing a
-5,000-row catalog needs to find line 4,312 rather than be told "invalid input".
+The whole file is checked before anything is written, so a refused file leaves no row behind; and
+every problem names the file, the line and the field, because the person fixing a 5,000-row catalog
+needs to find line 4,312 rather than be told "invalid input".
 
-Each format ends in the same place: a list of rows, each a plain mapping with the source line of the
-row and of each of its fields, merged over the file's defaults and validated as a ``JobSpec``.
+Each format ends in the same place: rows, each a plain mapping with the source line of the row and of
+each of its fields, merged over the file's defaults and validated as a ``JobSpec``. CSV and JSONL are
+read a line at a time, so a file of a million rows is checked, and later read again to be written,
+without ever being held: ``open_batch`` checks a file and returns a ``StreamedBatch`` whose rows are
+read from the file again. ``load_batch`` and ``parse_batch`` hold the jobs in a ``BatchSpec``, for the
+callers that want them all (a plan, a small file in a test). YAML is one document, read whole.
 """
 
 from __future__ import annotations
@@ -16,16 +20,18 @@ import hashlib
 import io
 import json
 import re
-from collections import Counter
-from collections.abc import Callable, Mapping
+from array import array
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from pydantic import ValidationError
 
-from jobs.errors import BatchFileError, Problem
+from jobs.errors import BatchFileError, ConfigError, Problem
 from jobs.spec import BatchSpec, JobSpec, SheetSettings
 from jobs.states import UncertainPolicy
 
@@ -50,6 +56,15 @@ _NUMBER_TOO_LONG = "a number of more than 4,300 digits, too long to read"
 """Python refuses to read longer whole numbers (a guard against slow conversions) with a ValueError."""
 _NESTED_TOO_DEEP = "lists or mappings nested too deeply to read"
 _INT_TAG, _FLOAT_TAG = "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"
+_CHECK_CHUNK = 1_000
+"""Rows handed to a batch's own checks (accounts, offers, addresses) at a time."""
+_FILE_CHANGED = "the file changed while it was being submitted; nothing was written, submit it again"
+
+Opener = Callable[[], IO[bytes]]
+"""Opens the batch file's bytes from the start; every reading of the file opens it anew."""
+RowCheck = Callable[[BatchSpec], list[Problem]]
+"""The checks a batch's rows must pass besides the file's own (``jobs.checks.batch_problems`` with
+the accounts), given a few rows at a time as a ``BatchSpec`` of those rows."""
 
 
 @dataclass
@@ -63,67 +78,358 @@ class _Row:
 
 @dataclass
 class _Parsed:
-    """What a format parser found: the rows, the header, and any problems it could not get past."""
+    """What a format parser has found so far: the header, and any problems it could not get past.
 
-    rows: list[_Row] = field(default_factory=list)
+    A parser yields its rows; the header is known once it has yielded the first row (or ended)."""
+
     header: dict[str, Any] = field(default_factory=dict)
     header_lines: dict[str, int] = field(default_factory=dict)
     problems: list[Problem] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class _Header:
+    """The batch's own fields, checked; a file without a header has the defaults."""
+
+    name: str
+    priority: int
+    on_uncertain: str | None
+    sheets: SheetSettings
+    budget: int | None
+    defaults: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StreamedBatch:
+    """A checked batch file on disk: its header, its hash and its number of jobs now, its jobs read
+    again from the file (``rows``) when they are written, so however long the file no more than a
+    row of it is held. If the file has changed since it was checked, ``rows`` ends in a refusal."""
+
+    name: str
+    source: str
+    content_hash: str
+    priority: int
+    on_uncertain: str | None
+    sheets: SheetSettings
+    budget: int | None
+    job_count: int
+    opener: Opener
+    stem: str
+
+    def rows(self) -> Iterator[tuple[JobSpec, int]]:
+        """Each job and its line, in file order, read from the file again."""
+        reading = _Reading(self.opener, self.source, self.stem)
+        for job, row in reading.jobs():
+            yield job, row.line
+        if reading.problems or reading.content_hash != self.content_hash or reading.count != self.job_count:
+            raise BatchFileError([Problem(self.source, None, None, _FILE_CHANGED)])
+
+
 def load_batch(path: Path, *, display_name: str | None = None) -> BatchSpec:
-    """Read a batch file; ``display_name`` is how problems name it (the path as typed, say)."""
+    """Read a batch file, every job held; ``display_name`` is how problems name it (the path as typed, say)."""
     source = display_name or path.name
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise BatchFileError([Problem(source, None, None, "no such file")]) from None
-    except IsADirectoryError:
-        raise BatchFileError([Problem(source, None, None, "is a directory, not a batch file")]) from None
-    except OSError as error:
-        raise BatchFileError([Problem(source, None, None, f"cannot be read: {error.strerror}")]) from None
-    return parse_batch(data, source, stem=path.stem)
+    return _held(_opener(path, source), source, path.stem)
 
 
 def parse_batch(data: bytes, source: str, *, stem: str | None = None) -> BatchSpec:
     """Check a batch file's bytes; the format comes from ``source``'s extension."""
-    suffix = Path(source).suffix.lower()
-    parser = _PARSERS.get(suffix)
-    if parser is None:
-        message = f"unsupported file type {suffix or '(none)'!r}; use {', '.join(sorted(_PARSERS))}"
-        raise BatchFileError([Problem(source, None, None, message)])
-    parsed = parser(_decode(data, source), source)
-    return _build(parsed, source, data, stem or Path(source).stem)
+    return _held(lambda: io.BytesIO(data), source, stem or Path(source).stem)
 
 
-def _decode(data: bytes, source: str) -> str:
+def open_batch(path: Path, *, display_name: str | None = None, check: RowCheck | None = None) -> StreamedBatch:
+    """Check a batch file row by row, and ``check`` its rows a few at a time, holding none of them:
+    every problem is raised at once as a ``BatchFileError``. The problems ``check`` finds are
+    raised only when the file itself has none, as ``load_batch`` then ``check`` would."""
+    source = display_name or path.name
+    opener = _opener(path, source)
+    reading = _Reading(opener, source, path.stem)
+    names = _NameLedger()
+    checked = _Checked(source, check)
+    for job, row in reading.jobs():
+        if job.name is not None:
+            names.add(job.name, row.line)
+        checked.add(job, row.line)
+    problems = reading.problems + _duplicate_names(names, opener, source, path.stem)
+    if problems or reading.count == 0:
+        raise BatchFileError(_in_order(problems, source))
+    checked.finish()
+    header = reading.header
+    assert header is not None and reading.content_hash is not None
+    return StreamedBatch(
+        name=header.name,
+        source=source,
+        content_hash=reading.content_hash,
+        priority=header.priority,
+        on_uncertain=header.on_uncertain,
+        sheets=header.sheets,
+        budget=header.budget,
+        job_count=reading.count,
+        opener=opener,
+        stem=path.stem,
+    )
+
+
+def _held(opener: Opener, source: str, stem: str) -> BatchSpec:
+    reading = _Reading(opener, source, stem)
+    names = _NameLedger()
+    jobs: list[JobSpec] = []
+    lines: list[int] = []
+    for job, row in reading.jobs():
+        if job.name is not None:
+            names.add(job.name, row.line)
+        jobs.append(job)
+        lines.append(row.line)
+    problems = reading.problems + _duplicate_names(names, opener, source, stem)
+    if problems or not jobs:
+        raise BatchFileError(_in_order(problems, source))
+    header = reading.header
+    assert header is not None and reading.content_hash is not None
+    return BatchSpec(
+        name=header.name,
+        source=source,
+        content_hash=reading.content_hash,
+        priority=header.priority,
+        on_uncertain=header.on_uncertain,
+        sheets=header.sheets,
+        budget=header.budget,
+        jobs=tuple(jobs),
+        lines=tuple(lines),
+    )
+
+
+def _opener(path: Path, source: str) -> Opener:
+    """Opens ``path``, a missing or unreadable file refused as a problem of the file."""
+
+    def open_file() -> IO[bytes]:
+        try:
+            return path.open("rb")
+        except FileNotFoundError:
+            raise BatchFileError([Problem(source, None, None, "no such file")]) from None
+        except IsADirectoryError:
+            raise BatchFileError([Problem(source, None, None, "is a directory, not a batch file")]) from None
+        except OSError as error:
+            raise BatchFileError([Problem(source, None, None, f"cannot be read: {error.strerror}")]) from None
+
+    return open_file
+
+
+def _in_order(problems: list[Problem], source: str) -> list[Problem]:
+    """Problems by line, each on one line; "no jobs" when a file has neither jobs nor problems."""
+    if not problems:
+        return [Problem(source, None, None, "the file has no jobs")]
+    return sorted(map(_one_line, problems), key=lambda problem: problem.line or 0)
+
+
+class _Reading:
+    """One reading of a batch file from its first byte: its valid jobs in order (``jobs``), then the
+    problems met, the header, the number of jobs and the file's SHA-256 (the same file is the same
+    batch), all known once ``jobs`` has ended.
+
+    A file that is not UTF-8 or holds nothing is refused with that problem alone, raised from ``jobs``.
+    """
+
+    def __init__(self, opener: Opener, source: str, stem: str) -> None:
+        self.opener, self.source, self.stem = opener, source, stem
+        self.problems: list[Problem] = []
+        self.header: _Header | None = None
+        self.count = 0
+        self.content_hash: str | None = None
+
+    def jobs(self) -> Iterator[tuple[JobSpec, _Row]]:
+        with self.opener() as binary:
+            parser = _PARSERS.get(Path(self.source).suffix.lower())
+            if parser is None:
+                suffix = Path(self.source).suffix.lower()
+                message = f"unsupported file type {suffix or '(none)'!r}; use {', '.join(sorted(_PARSERS))}"
+                raise BatchFileError([Problem(self.source, None, None, message)])
+            hasher = hashlib.sha256()
+            lines = _not_empty(_text_lines(binary, self.source, hasher), self.source)
+            parsed = _Parsed()
+            rows = parser(lines, self.source, parsed)
+            first = next(rows, None)
+            header_problems: list[Problem] = []
+            header = self.header = _header(parsed, self.source, self.stem, header_problems)
+            row_problems: list[Problem] = []
+            for row in chain(() if first is None else (first,), rows):
+                job = _job(row, header.defaults, self.source, row_problems)
+                if job is not None:
+                    self.count += 1
+                    yield job, row
+            for _ in lines:  # the rest of a file whose parser stopped early: still UTF-8, and hashed
+                pass
+        self.problems = parsed.problems + header_problems + row_problems
+        self.content_hash = hasher.hexdigest()
+
+
+def _job(row: _Row, defaults: dict[str, Any], source: str, problems: list[Problem]) -> JobSpec | None:
+    """The row over the file's defaults as a ``JobSpec``, or None with its problems added."""
+    values = {**defaults, **row.values}
+    if isinstance(defaults.get("options"), dict) and isinstance(row.values.get("options"), dict):
+        values["options"] = {**defaults["options"], **row.values["options"]}
+    unstorable = _unstorable(values)
+    if unstorable is not None:
+        field_name, message = unstorable
+        problems.append(Problem(source, row.field_lines.get(field_name, row.line), field_name, message))
+        return None
     try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise BatchFileError(
-            [Problem(source, line, None, f"not UTF-8 text (byte 0x{data[error.start]:02x}); save the file as UTF-8")]
-        ) from None
-    if not text.strip():
+        return JobSpec.model_validate(values)
+    except ValidationError as error:
+        problems.extend(_validation_problems(error, row, source))
+        return None
+
+
+def _text_lines(binary: IO[bytes], source: str, hasher: Any) -> Iterator[str]:
+    """The file's text a line at a time, line ends kept (``\\n``, ``\\r\\n`` or a lone ``\\r``), each
+    line's bytes added to ``hasher``; a byte that is not UTF-8 is refused naming its line. A UTF-8
+    sequence never holds the byte ``\\n``, so each piece between them decodes on its own."""
+    for number, raw in enumerate(binary, start=1):
+        hasher.update(raw)
+        try:
+            text = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as error:
+            message = f"not UTF-8 text (byte 0x{raw[error.start]:02x}); save the file as UTF-8"
+            raise BatchFileError([Problem(source, number, None, message)]) from None
+        if "\r" in text:
+            yield from io.StringIO(text, newline="")
+        else:
+            yield text
+
+
+def _not_empty(lines: Iterator[str], source: str) -> Iterator[str]:
+    """``lines`` unchanged, refused as an empty file when nothing but white space is in them; the
+    blank lines before the first that is not are held until it comes."""
+    blank: list[str] = []
+    for line in lines:
+        blank.append(line)
+        if line.strip():
+            break
+    else:
         raise BatchFileError([Problem(source, None, None, "the file is empty")])
-    return text
+    yield from blank
+    yield from lines
+
+
+class _NameLedger:
+    """The names of a batch's jobs, kept in 8 bytes each (a 64-bit hash) and a line, so a million
+    names cost some 16 MB: equal names have equal hashes, and the few hashes seen twice are looked
+    at again by name (``_duplicate_names``), as unequal names may share a hash.
+
+    A hash is first looked for in a bitmap of its low bits, sized to keep few false alarms; only
+    those already marked are remembered as suspects, to be looked for in full at the end.
+    """
+
+    def __init__(self) -> None:
+        self.hashes = array("q")
+        self.lines = array("q")
+        self.bits = bytearray(1 << 10)
+        self.suspects: set[int] = set()
+
+    def add(self, name: str, line: int) -> None:
+        if len(self.hashes) * 64 >= len(self.bits) * 8:
+            self._grow()
+        hashed = hash(name)
+        self.hashes.append(hashed)
+        self.lines.append(line)
+        self._mark(hashed)
+
+    def _mark(self, hashed: int) -> None:
+        slot = hashed & (len(self.bits) * 8 - 1)
+        byte, bit = slot >> 3, 1 << (slot & 7)
+        if self.bits[byte] & bit:
+            self.suspects.add(hashed)
+        else:
+            self.bits[byte] |= bit
+
+    def _grow(self) -> None:
+        """Four times the bits, marked again from the hashes kept: some 1 bit in 64 stays set."""
+        self.bits = bytearray(len(self.bits) * 4)
+        self.suspects.clear()
+        for hashed in self.hashes:
+            self._mark(hashed)
+
+    def shared(self) -> list[list[int]]:
+        """The lines of each hash held by more than one name, in file order."""
+        if not self.suspects:
+            return []
+        lines: dict[int, list[int]] = defaultdict(list)
+        for hashed, line in zip(self.hashes, self.lines, strict=True):
+            if hashed in self.suspects:
+                lines[hashed].append(line)
+        return [group for group in lines.values() if len(group) > 1]
+
+
+def _duplicate_names(names: _NameLedger, opener: Opener, source: str, stem: str) -> list[Problem]:
+    """A name given to more than one job, refused at each later line, naming the first: two jobs of
+    one name would store their pictures under one key. The rows whose name's hash is shared are read
+    again to compare the names themselves."""
+    shared = names.shared()
+    if not shared:
+        return []
+    suspect_lines = {line for group in shared for line in group}
+    first_line_of_name: dict[str, int] = {}
+    problems = []
+    for job, row in _Reading(opener, source, stem).jobs():
+        if row.line not in suspect_lines or job.name is None:
+            continue
+        first = first_line_of_name.setdefault(job.name, row.line)
+        if first != row.line:
+            line = row.field_lines.get("name", row.line)
+            problems.append(Problem(source, line, "name", f"{job.name!r} is already the name of line {first}"))
+    return problems
+
+
+class _Checked:
+    """A batch's own checks (``RowCheck``) run over its jobs a chunk at a time; ``finish`` raises what
+    they found. A ``ConfigError`` of a check (the accounts file unreadable, say) stops the checking
+    and is raised by ``finish``, so a file with problems of its own is refused for those first."""
+
+    def __init__(self, source: str, check: RowCheck | None) -> None:
+        self.source, self.check = source, check
+        self.jobs: list[JobSpec] = []
+        self.lines: list[int] = []
+        self.problems: list[Problem] = []
+        self.error: ConfigError | None = None
+
+    def add(self, job: JobSpec, line: int) -> None:
+        if self.check is None or self.error is not None:
+            return
+        self.jobs.append(job)
+        self.lines.append(line)
+        if len(self.jobs) >= _CHECK_CHUNK:
+            self._run()
+
+    def _run(self) -> None:
+        if self.check is not None and self.error is None and self.jobs:
+            piece = BatchSpec.model_construct(name="", source=self.source, content_hash="", priority=0,
+                                              jobs=tuple(self.jobs), lines=tuple(self.lines))  # fmt: skip
+            try:
+                self.problems += self.check(piece)
+            except ConfigError as error:
+                self.error = error
+        self.jobs, self.lines = [], []
+
+    def finish(self) -> None:
+        self._run()
+        if self.error is not None:
+            raise self.error
+        if self.problems:
+            raise BatchFileError(sorted(self.problems, key=lambda problem: problem.line or 0))
 
 
 # CSV ---------------------------------------------------------------------------------------------
 
 
-def _parse_csv(text: str, source: str) -> _Parsed:
-    parsed = _Parsed()
-    reader = csv.reader(io.StringIO(text, newline=""))
+def _parse_csv(lines: Iterable[str], source: str, parsed: _Parsed) -> Iterator[_Row]:
+    reader = csv.reader(lines)
     try:
         header = [column.strip() for column in next(reader)]
     except csv.Error as error:
         parsed.problems.append(Problem(source, 1, None, f"not valid CSV: {error}"))
-        return parsed
+        return
     separator = _other_separator(header)
     if separator:
         parsed.problems.append(Problem(source, 1, None, f"the header looks {separator}-separated; use commas"))
-        return parsed
+        return
     for column in header:
         if not column:
             parsed.problems.append(Problem(source, 1, None, "a column has no name in the header"))
@@ -135,7 +441,7 @@ def _parse_csv(text: str, source: str) -> _Parsed:
     for column in duplicated:
         parsed.problems.append(Problem(source, 1, column, "the header names this column twice"))
     if parsed.problems:
-        return parsed
+        return
 
     end_of_previous = reader.line_num
     while True:
@@ -153,8 +459,7 @@ def _parse_csv(text: str, source: str) -> _Parsed:
             message = f"{len(cells)} cells but the header has {len(header)} columns"
             parsed.problems.append(Problem(source, line, None, message))
             continue
-        parsed.rows.append(_Row(line, _csv_values(dict(zip(header, cells, strict=False)))))
-    return parsed
+        yield _Row(line, _csv_values(dict(zip(header, cells, strict=False))))
 
 
 def _other_separator(header: list[str]) -> str | None:
@@ -199,17 +504,18 @@ def _scalar(cell: str) -> Any:
 # YAML --------------------------------------------------------------------------------------------
 
 
-def _parse_yaml(text: str, source: str) -> _Parsed:
-    parsed = _Parsed()
+def _parse_yaml(lines: Iterable[str], source: str, parsed: _Parsed) -> Iterator[_Row]:
+    """The document is read whole, then its jobs yielded: YAML's structure is the whole file's."""
+    text = "".join(lines)
     line_at = _line_finder(text)
     try:
         root, document = _compose(text)
     except yaml.YAMLError as error:
         parsed.problems.append(_yaml_problem(error, text, source, line_at))
-        return parsed
+        return
     except RecursionError:
         parsed.problems.append(Problem(source, None, None, f"not valid YAML: {_NESTED_TOO_DEEP}"))
-        return parsed
+        return
 
     jobs: Any
     jobs_node: yaml.Node | None
@@ -225,19 +531,18 @@ def _parse_yaml(text: str, source: str) -> _Parsed:
         jobs, jobs_node = document.get("jobs"), _value_node(root, "jobs")
         if not isinstance(jobs, list) or not isinstance(jobs_node, yaml.SequenceNode):
             parsed.problems.append(Problem(source, lines.get("jobs"), "jobs", "expected a list of jobs"))
-            return parsed
+            return
     else:
         line = line_at(root.start_mark.index) if root is not None else None
         parsed.problems.append(Problem(source, line, None, "expected a mapping with 'jobs', or a list of jobs"))
-        return parsed
+        return
 
     for value, node in zip(jobs, jobs_node.value, strict=True):
         line = line_at(node.start_mark.index)
         if not isinstance(value, dict) or not isinstance(node, yaml.MappingNode):
             parsed.problems.append(Problem(source, line, None, "a job must be a mapping of fields"))
             continue
-        parsed.rows.append(_Row(line, {str(k): v for k, v in value.items()}, _key_lines(node, line_at)))
-    return parsed
+        yield _Row(line, {str(k): v for k, v in value.items()}, _key_lines(node, line_at))
 
 
 def _compose(text: str) -> tuple[yaml.Node | None, Any]:
@@ -320,11 +625,11 @@ def _value_node(node: yaml.MappingNode, name: str) -> yaml.Node | None:
 # JSONL -------------------------------------------------------------------------------------------
 
 
-def _parse_jsonl(text: str, source: str) -> _Parsed:
+def _parse_jsonl(lines: Iterable[str], source: str, parsed: _Parsed) -> Iterator[_Row]:
     """One job object a line; the first line may be ``{"batch": {...}}`` with the header fields."""
-    parsed = _Parsed()
     seen_content = False
-    for line, raw in enumerate(_NEWLINE.split(text), start=1):
+    for line, ended in enumerate(lines, start=1):
+        raw = ended.rstrip("\r\n")
         if not raw.strip():
             continue
         try:
@@ -338,16 +643,15 @@ def _parse_jsonl(text: str, source: str) -> _Parsed:
             parsed.problems.append(Problem(source, line, None, f"not valid JSON: {message}"))
             seen_content = True
             continue
+        seen_content_before, seen_content = seen_content, True
         if not isinstance(value, dict):
             parsed.problems.append(Problem(source, line, None, "expected a JSON object"))
-        elif "batch" in value and not seen_content:
+        elif "batch" in value and not seen_content_before:
             _jsonl_header(value, line, source, parsed)
         elif "batch" in value:
             parsed.problems.append(Problem(source, line, "batch", "the batch header must be the first line"))
         else:
-            parsed.rows.append(_Row(line, value))
-        seen_content = True
-    return parsed
+            yield _Row(line, value)
 
 
 def _jsonl_header(value: dict[str, Any], line: int, source: str, parsed: _Parsed) -> None:
@@ -364,7 +668,7 @@ def _jsonl_header(value: dict[str, Any], line: int, source: str, parsed: _Parsed
 
 # Shared ------------------------------------------------------------------------------------------
 
-_PARSERS: dict[str, Callable[[str, str], _Parsed]] = {
+_PARSERS: dict[str, Callable[[Iterable[str], str, _Parsed], Iterator[_Row]]] = {
     ".csv": _parse_csv,
     ".yaml": _parse_yaml,
     ".yml": _parse_yaml,
@@ -372,54 +676,15 @@ _PARSERS: dict[str, Callable[[str, str], _Parsed]] = {
 }
 
 
-def _build(parsed: _Parsed, source: str, data: bytes, stem: str) -> BatchSpec:
-    problems = list(parsed.problems)
-    name = _batch_name(parsed, source, stem, problems)
-    priority = _priority(parsed, source, problems)
-    on_uncertain = _on_uncertain(parsed, source, problems)
-    sheets = _sheets(parsed, source, problems)
-    budget = _budget(parsed, source, problems)
-    defaults = _defaults(parsed, source, problems)
-
-    jobs: list[JobSpec] = []
-    lines: list[int] = []
-    first_line_of_name: dict[str, int] = {}
-    for row in parsed.rows:
-        values = {**defaults, **row.values}
-        if isinstance(defaults.get("options"), dict) and isinstance(row.values.get("options"), dict):
-            values["options"] = {**defaults["options"], **row.values["options"]}
-        unstorable = _unstorable(values)
-        if unstorable is not None:
-            field_name, message = unstorable
-            problems.append(Problem(source, row.field_lines.get(field_name, row.line), field_name, message))
-            continue
-        try:
-            job = JobSpec.model_validate(values)
-        except ValidationError as error:
-            problems.extend(_validation_problems(error, row, source))
-            continue
-        if job.name is not None:
-            first = first_line_of_name.setdefault(job.name, row.line)
-            if first != row.line:
-                line = row.field_lines.get("name", row.line)
-                problems.append(Problem(source, line, "name", f"{job.name!r} is already the name of line {first}"))
-                continue
-        jobs.append(job)
-        lines.append(row.line)
-    if not parsed.rows and not problems:
-        problems.append(Problem(source, None, None, "the file has no jobs"))
-    if problems:
-        raise BatchFileError(sorted(map(_one_line, problems), key=lambda p: p.line or 0))
-    return BatchSpec(
-        name=name,
-        source=source,
-        content_hash=hashlib.sha256(data).hexdigest(),
-        priority=priority,
-        on_uncertain=on_uncertain,
-        sheets=sheets,
-        budget=budget,
-        jobs=tuple(jobs),
-        lines=tuple(lines),
+def _header(parsed: _Parsed, source: str, stem: str, problems: list[Problem]) -> _Header:
+    """The batch's fields from the header the parser found, each problem with them added to ``problems``."""
+    return _Header(
+        name=_batch_name(parsed, source, stem, problems),
+        priority=_priority(parsed, source, problems),
+        on_uncertain=_on_uncertain(parsed, source, problems),
+        sheets=_sheets(parsed, source, problems),
+        budget=_budget(parsed, source, problems),
+        defaults=_defaults(parsed, source, problems),
     )
 
 
@@ -496,6 +761,9 @@ def _unstorable(values: Mapping[str, Any]) -> tuple[str, str] | None:
     """The first field that could not be stored as JSON text and sent on, and why; None when all can."""
     count = 0
     for name, value in values.items():
+        if isinstance(value, str) and count < _MAX_VALUES and "\x00" not in value and not _SURROGATE.search(value):
+            count += 1  # the common case, a plain text field, without the walk below
+            continue
         stack = [(value, 1)]
         while stack:
             item, depth = stack.pop()

@@ -9,7 +9,7 @@ without importing ``workers``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from jobs.accounts import Account, routing_problems
 from jobs.addresses import AddressPolicy, check_url
@@ -34,6 +34,26 @@ def batch_problems(spec: BatchSpec, accounts: Mapping[str, Account], *, trusted:
     problems = routing_problems(spec, accounts, CHECKS) + capability_problems(spec)
     problems += reference_problems(spec, address_policy(accounts, trusted))
     return sorted(problems, key=lambda problem: problem.line or 0)
+
+
+def row_checks(
+    load_accounts: Callable[[], Mapping[str, Account]], *, trusted: Sequence[str] = ()
+) -> Callable[[BatchSpec], list[Problem]]:
+    """``batch_problems`` for a batch handed over a few rows at a time (``jobs.batchfile.open_batch``
+    checks a file of any length so). The accounts are loaded when the first rows come, as they were
+    after the file had been read, so a file refused for problems of its own is refused for those
+    first; they are loaded once, and so is the address policy."""
+    loaded: list[tuple[Mapping[str, Account], AddressPolicy]] = []
+
+    def check(rows: BatchSpec) -> list[Problem]:
+        if not loaded:
+            accounts = load_accounts()
+            loaded.append((accounts, address_policy(accounts, trusted)))
+        accounts, policy = loaded[0]
+        problems = routing_problems(rows, accounts, CHECKS) + capability_problems(rows)
+        return problems + reference_problems(rows, policy)
+
+    return check
 
 
 def address_policy(accounts: Mapping[str, Account], trusted: Sequence[str] = ()) -> AddressPolicy:

@@ -665,17 +665,26 @@ def _plan(
 def submit(
     file: FileArg, force: ForceOpt = False, on_uncertain: OnUncertainOpt = None, budget: BudgetOpt = None
 ) -> None:
-    """Submit a batch to a running deployment (`genq up`, or GENQ_REDIS_URL); prints the batch id."""
+    """Submit a batch to a running deployment (`genq up`, or GENQ_REDIS_URL); prints the batch id.
+
+    The file is checked in one reading and written in a second, a row at a time, so a catalog of
+    a million rows costs no more memory than one of a hundred."""
+    from jobs.batchfile import open_batch
+    from jobs.checks import row_checks
     from jobs.producer import produce
 
     settings = deployment.settings_with(deployment.running(Settings()))
     try:
         deployment.require_broker(settings)
-        spec = _checked_batch(file, settings)
+        check = row_checks(lambda: load_accounts(settings.accounts), trusted=settings.trusted())
+        batch = open_batch(file, display_name=str(file), check=check)
     except GenqError as error:
         raise _refuse(error) from None
     policy = on_uncertain and on_uncertain.value
-    produced = produce(_engine(settings), spec, force=force, on_uncertain=policy, budget=budget)
+    try:
+        produced = produce(_engine(settings), batch, force=force, on_uncertain=policy, budget=budget)
+    except BatchFileError as error:  # the file changed between its check and its rows' writing
+        raise _refuse(error) from None
     _kick(settings)
     if not produced.created:
         errors.print(f"this file is already batch {produced.batch.id}; --force makes a new one")

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import fcntl
 import logging
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from alembic import command
 from alembic.config import Config
@@ -62,12 +64,98 @@ def _engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_SECONDS, "check_same_thread": False, "factory": OneWriterConnection},
+            pool_size=10,
+            max_overflow=10,
+        )
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     if url.startswith("postgresql://"):
         url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
     return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+SQLITE_BUSY_SECONDS = 30.0
+"""How long a write waits for SQLite's one writer to finish, in this process and across processes."""
+_WRITE_STATEMENTS = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
+_write_locks: dict[str, threading.Lock] = {}
+_write_locks_guard = threading.Lock()
+
+
+class OneWriterConnection(sqlite3.Connection):
+    """A SQLite connection whose writes queue on a lock shared by the process's connections to the
+    same file, held from a transaction's first write to its commit or rollback.
+
+    SQLite lets one writer in at a time; a writer that finds the file locked sleeps in SQLite's busy
+    handler (1, 2, 5, 10, ... 100 ms) and tries again, so a worker's threads writing side by side
+    spend most of their time asleep. Queued on a lock, each write starts the moment the one before it
+    ends. Other processes (the CLI, another worker) still meet SQLite's own lock, as before; the wait
+    for this lock is as long as SQLite's, and ends the same way (``database is locked``).
+    """
+
+    def __init__(self, database: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(database, *args, **kwargs)
+        with _write_locks_guard:
+            self._write_lock = _write_locks.setdefault(str(database), threading.Lock())
+        self._writing = False
+
+    def cursor(self, factory: Any = None) -> Any:  # type: ignore[override]
+        return super().cursor(factory or _OneWriterCursor)
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self._done_writing()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self._done_writing()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self._done_writing()
+
+    def _start_writing(self, statement: str) -> None:
+        if self._writing or not statement.lstrip()[:7].upper().startswith(_WRITE_STATEMENTS):
+            return
+        if not self._write_lock.acquire(timeout=SQLITE_BUSY_SECONDS):
+            raise sqlite3.OperationalError("database is locked")
+        self._writing = True
+
+    def _done_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            self._write_lock.release()
+
+    def _wrote(self) -> None:
+        """A write that left no transaction open (autocommit, or it failed before one began) holds nothing."""
+        if self._writing and not self.in_transaction:
+            self._done_writing()
+
+
+class _OneWriterCursor(sqlite3.Cursor):
+    connection: OneWriterConnection
+
+    def execute(self, sql: str, parameters: Any = (), /) -> Self:
+        self.connection._start_writing(sql)
+        try:
+            return super().execute(sql, parameters)
+        finally:
+            self.connection._wrote()
+
+    def executemany(self, sql: str, seq_of_parameters: Any, /) -> Self:
+        self.connection._start_writing(sql)
+        try:
+            return super().executemany(sql, seq_of_parameters)
+        finally:
+            self.connection._wrote()
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -109,6 +109,16 @@ class PictureRefused(GenqError):
         self.final = final
 
 
+class PictureRateLimited(PictureRefused):
+    """A picture's host answered 429: fetched again after ``retry_after`` seconds. When the host is the
+    provider's own, its account pauses for that long too (a provider counts downloads in its limit)."""
+
+    def __init__(self, message: str, *, retry_after: float, host: str) -> None:
+        super().__init__(message, final=False)
+        self.retry_after = retry_after
+        self.host = host
+
+
 class WorkerDied(GenqError):
     """The worker process a command started is gone while its batch runs."""
 

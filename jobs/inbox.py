@@ -28,13 +28,12 @@ import watchfiles
 from sqlalchemy import Engine
 
 from jobs.accounts import load_accounts
-from jobs.batchfile import load_batch
-from jobs.checks import batch_problems
+from jobs.batchfile import StreamedBatch, open_batch
+from jobs.checks import row_checks
 from jobs.db import make_engine, migrate
 from jobs.errors import BatchFileError, ConfigError
 from jobs.producer import produce
 from jobs.settings import Settings
-from jobs.spec import BatchSpec
 
 log = logging.getLogger("genq.inbox")
 
@@ -66,17 +65,20 @@ def process(path: Path, engine: Engine, settings: Settings) -> InboxResult:
     """
     batches = settings.batches_dir
     try:
-        spec = _checked(path, settings)
+        batch = _checked(path, settings)
     except BatchFileError as error:
         return _refuse(path, batches / "failed", [str(problem) for problem in error.problems])
     except ConfigError as error:
         return _refuse(path, batches / "failed", [str(error)])
-    produced = produce(engine, spec)
+    try:
+        produced = produce(engine, batch)
+    except BatchFileError as error:  # the file changed between its check and its rows' writing
+        return _refuse(path, batches / "failed", [str(problem) for problem in error.problems])
     batch_id = produced.batch.id
     assert batch_id is not None
     destination = _move(path, batches / "done")
     if produced.created:
-        log.info("%s: batch %d, %d jobs; moved to %s", path.name, batch_id, len(spec.jobs), destination)
+        log.info("%s: batch %d, %d jobs; moved to %s", path.name, batch_id, batch.job_count, destination)
         return InboxResult("done", destination, batch_id)
     log.info("%s: same content as batch %d, nothing new submitted; moved to %s", path.name, batch_id, destination)
     return InboxResult("duplicate", destination, batch_id)
@@ -141,16 +143,13 @@ def _take(
             log.exception("batch %d: submitted, but waking the dispatcher failed", result.batch_id)
 
 
-def _checked(path: Path, settings: Settings) -> BatchSpec:
-    """The batch, checked as a file and against the accounts that would serve it.
+def _checked(path: Path, settings: Settings) -> StreamedBatch:
+    """The batch, checked as a file and against the accounts that would serve it, a row at a time.
 
     Accounts are read for every file, so a fixed ``accounts.yaml`` needs no restart of the watcher.
     """
-    spec = load_batch(path, display_name=path.name)
-    problems = batch_problems(spec, load_accounts(settings.accounts), trusted=settings.trusted())
-    if problems:
-        raise BatchFileError(problems)
-    return spec
+    check = row_checks(lambda: load_accounts(settings.accounts), trusted=settings.trusted())
+    return open_batch(path, display_name=path.name, check=check)
 
 
 def _refuse(path: Path, failed: Path, problems: list[str]) -> InboxResult:

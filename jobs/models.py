@@ -119,6 +119,11 @@ class ProviderTask(SQLModel, table=True):
     """Polls in a row whose answer could not be read."""
     submitted_at: datetime = Field(default_factory=utcnow)
     next_poll_at: datetime = Field(default_factory=utcnow)
+    poll_due_at: datetime | None = None
+    """When the next poll is due by its schedule: ``next_poll_at`` before a sweep's lease or a wait for
+    the key's allowance moved it. What a poll finds is learned as of this moment, not of when it ran."""
+    last_polled_at: datetime | None = None
+    """When a poll last found the task still running; None until one did."""
     finished_at: datetime | None = None
 
 

@@ -59,11 +59,17 @@ def sheet_of(job: Job) -> str | None:
     return None
 
 
-def plan_sheets(engine: Engine, batch_id: int, frames_expected: Callable[[Job], int]) -> list[SheetPlan]:
+def plan_sheets(
+    engine: Engine, batch_id: int, frames_expected: Callable[[Job], int], jobs: Sequence[Job] | None = None
+) -> list[SheetPlan]:
     """The batch's sheets and their frames; ``frames_expected(job)``: how many frames a job makes
-    (its sprite mode's count), so a failed job still holds its cells."""
+    (its sprite mode's count), so a failed job still holds its cells. ``jobs``: the batch's jobs in
+    order, where the caller has read them already; a batch without sheets reads nothing more."""
     with Session(engine) as session:
-        jobs = session.exec(select(Job).where(col(Job.batch_id) == batch_id).order_by(col(Job.seq))).all()
+        if jobs is None:
+            jobs = session.exec(select(Job).where(col(Job.batch_id) == batch_id).order_by(col(Job.seq))).all()
+        if all(sheet_of(job) is None for job in jobs):
+            return []
         assets = session.exec(
             select(Asset).join(Job, col(Job.id) == col(Asset.job_id)).where(col(Job.batch_id) == batch_id)
         ).all()
@@ -107,8 +113,7 @@ def write_sheets(storage: Storage, batch: Batch, plans: Sequence[SheetPlan]) -> 
         base = f"{SHEETS_FOLDER}/{plan.name}"
         image = plan.name.rsplit("/", 1)[-1] + ".png"
         frames = [
-            Frame(f.name, f.animation, storage.get(f.key) if f.key else None, round(1000 / f.fps))
-            for f in plan.frames
+            Frame(f.name, f.animation, storage.get(f.key) if f.key else None, round(1000 / f.fps)) for f in plan.frames
         ]
         entry: dict[str, Any] = {"name": plan.name, "frames": len(frames)}
         try:

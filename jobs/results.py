@@ -66,11 +66,15 @@ def row_results(
     *,
     credits: Callable[[Job, int], int] = lambda _job, pictures: pictures,
     sheet_of: Callable[[Job], str | None] = lambda job: job.spec.get("sheet"),
+    jobs: Sequence[Job] | None = None,
 ) -> list[RowResult]:
     """Every row's result in file order. ``credits(job, pictures)``: what the job cost, by its
-    provider's price; ``sheet_of``: the sheet its pictures are frames of."""
+    provider's price; ``sheet_of``: the sheet its pictures are frames of; ``jobs``: the batch's jobs
+    in order, where the caller has read them already (a batch's end reads them once for all its
+    outputs: building a row object costs more than the query that finds it)."""
     with Session(engine) as session:
-        jobs = session.exec(select(Job).where(col(Job.batch_id) == batch_id).order_by(col(Job.seq))).all()
+        if jobs is None:
+            jobs = session.exec(select(Job).where(col(Job.batch_id) == batch_id).order_by(col(Job.seq))).all()
         assets = session.exec(
             select(Asset).join(Job, col(Job.id) == col(Asset.job_id)).where(col(Job.batch_id) == batch_id)
         ).all()

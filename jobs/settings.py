@@ -62,8 +62,10 @@ class Settings(BaseSettings):
     poll_error_limit: int = 5
     """Polls in a row whose answer cannot be read before the task fails with that reason."""
 
-    first_poll_delay: float = 2.0
-    """Seconds from submit to the first poll when nothing has been learned yet."""
+    first_poll_delay: float | None = None
+    """Seconds from submit to the first poll when nothing has been learned yet; unset means each
+    provider's typical generation time, so a first wave is not polled long before its pictures can
+    be done. Set it to poll sooner, as tests and a quick bench do."""
 
     max_poll_interval: float = 30.0
     """Seconds; the longest wait between two polls of one provider task."""

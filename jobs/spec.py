@@ -7,7 +7,8 @@ adapter translates it into its own request. It travels into the database as JSON
 from __future__ import annotations
 
 import re
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -117,3 +118,37 @@ class BatchSpec(BaseModel):
     jobs: tuple[JobSpec, ...]
     lines: tuple[int, ...]
     """The source line of each job, in the same order."""
+
+    @property
+    def job_count(self) -> int:
+        return len(self.jobs)
+
+    def rows(self) -> Iterator[tuple[JobSpec, int]]:
+        """Each job and its source line, in file order."""
+        return zip(self.jobs, self.lines, strict=True)
+
+
+class BatchRows(Protocol):
+    """A checked batch as the producer writes it: its fields, and its jobs one at a time.
+
+    A ``BatchSpec`` holds its jobs; a ``jobs.batchfile.StreamedBatch`` reads them from its file again,
+    so a batch of a million rows is written without being held.
+    """
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def content_hash(self) -> str: ...
+    @property
+    def priority(self) -> int: ...
+    @property
+    def on_uncertain(self) -> str | None: ...
+    @property
+    def sheets(self) -> SheetSettings: ...
+    @property
+    def budget(self) -> int | None: ...
+    @property
+    def job_count(self) -> int: ...
+    def rows(self) -> Iterator[tuple[JobSpec, int]]: ...

@@ -158,10 +158,11 @@ class Cloudsway(ProviderApi):
 
     async def get_task(self, request: Request, account: Account) -> Response:
         # Our choice: blanks around the id are dropped (the seed's poll example has one inside its URL).
-        task = self.world.task(account, request.path_params["task_id"].strip())
+        now = time.time()
+        task = self.world.polled_task(account, request.path_params["task_id"].strip(), now)
         if task is None:
             raise self.not_found("Task")
-        return JSONResponse(self._task_json(request, task, time.time()))
+        return JSONResponse(self._task_json(request, task, now))
 
     def _task_json(self, request: Request, task: Task, now: float) -> dict[str, Any]:
         phase, _ = task.progress(now)

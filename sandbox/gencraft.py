@@ -148,10 +148,11 @@ class Gencraft(ProviderApi):
         return JSONResponse({"task_ids": task_ids, "email": account.email})
 
     async def get_task(self, request: Request, account: Account) -> Response:
-        task = self.world.task(account, request.path_params["task_id"])
+        now = time.time()
+        task = self.world.polled_task(account, request.path_params["task_id"], now)
         if task is None:
             raise self.not_found("Task")
-        return JSONResponse(self._task_json(request, task, time.time()))
+        return JSONResponse(self._task_json(request, task, now))
 
     async def get_tasks(self, request: Request, account: Account) -> Response:
         ids = [i.strip() for i in request.query_params.get("ids", "").split(",") if i.strip()]
@@ -162,7 +163,7 @@ class Gencraft(ProviderApi):
         now = time.time()
         items = []
         for task_id in ids:
-            task = self.world.task(account, task_id)
+            task = self.world.polled_task(account, task_id, now)
             # Our choice, the seed is silent: an unknown id keeps its place as a failed entry.
             items.append(
                 {"task_id": task_id, "status": "failed", "progress": 0, "error": "task not found"}

@@ -186,10 +186,11 @@ class Girlgenerator(ProviderApi):
         return JSONResponse(answer, status_code=201)
 
     async def get_task(self, request: Request, account: Account) -> Response:
-        task = self.world.task(account, request.path_params["task_id"])
+        now = time.time()
+        task = self.world.polled_task(account, request.path_params["task_id"], now)
         if task is None:
             raise self.not_found("Task")
-        return JSONResponse(self._task_json(request, task, time.time()))
+        return JSONResponse(self._task_json(request, task, now))
 
     def _task_json(self, request: Request, task: Task, now: float) -> dict[str, Any]:
         phase, _ = task.progress(now)

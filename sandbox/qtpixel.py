@@ -236,7 +236,9 @@ class Qtpixel(ProviderApi):
 
     async def get_task(self, request: Request, account: Account) -> Response:
         task = self._task(account, request.path_params["task_id"])
-        item = self._task_json(task, time.time())
+        now = time.time()
+        self.world.stats.task_polled(task.id, now)
+        item = self._task_json(task, now)
         if _flag(request, "include_base64") and item["status"] == "completed":
             item["image_base64"] = await self._data_url(task)
         return JSONResponse(item)
@@ -303,6 +305,8 @@ class Qtpixel(ProviderApi):
         batch = self._batch(account, request.path_params["batch_id"])
         now = time.time()
         tasks = [task for key in batch.task_ids if (task := self.world.tasks.get(key)) is not None]
+        for task in tasks:
+            self.world.stats.task_polled(task.id, now)
         items = [self._task_json(task, now) for task in tasks]
         limited = await self._add_base64(request, items)
         counts = {word: sum(1 for item in items if item["status"] == word) for word in STATUS_WORDS.values()}

@@ -241,6 +241,7 @@ class World:
             () if will_fail else names,
         )  # fmt: skip
         self.tasks[task_id] = task
+        self.stats.task_started(task_id, account.key, account.provider, task.created_at, task.ready_at)
         for name, picture in zip(task.files, pictures, strict=False):
             self.files[account.provider, name] = StoredFile("image/png", task.ready_at, picture=picture)
         return task
@@ -262,6 +263,13 @@ class World:
         task = self.tasks.get(task_id)
         if task is None or task.provider != account.provider or task.key != account.key:
             return None
+        return task
+
+    def polled_task(self, account: Account, task_id: str, now: float) -> Task | None:
+        """The task, as ``task`` finds it, for a poll that asks about it at ``now``: the stats note the ask."""
+        task = self.task(account, task_id)
+        if task is not None:
+            self.stats.task_polled(task.id, now)
         return task
 
     def history(self, account: Account) -> list[Submission]:

@@ -3,8 +3,10 @@
 Tests and benchmarks judge a client by this record, the way a provider's bill would: how many
 requests each key sent of each kind, how many were turned away for the rate limit, how many paid
 submits were sent twice, and which paid submits' answers never reached the client as sent (a
-gateway's 502 page in their place, or held back past any time-out). Keys appear only as ``key_id``
-(a short hash), never in the clear.
+gateway's 502 page in their place, or held back past any time-out); and, for every task, when its
+picture was done and when each poll asked about it, so a client's polls can be judged against the
+pictures (how long a done picture waited for its first poll). Keys appear only as ``key_id`` (a short
+hash), never in the clear.
 """
 
 from __future__ import annotations
@@ -72,15 +74,39 @@ class SubmissionRecord:
     """Set by the frame once the answer is decided, after the provider recorded the submission."""
 
 
+@dataclass
+class TaskRecord:
+    """One task a submit started: when it was done, and when each poll asked about it."""
+
+    id: str
+    key_id: str
+    provider: str
+    created_at: float
+    done_at: float
+    """Unix seconds at which it finished (succeeded or failed): from then on a poll finds it done."""
+    polls: list[float]
+    """Unix seconds of every poll that asked about it, in order."""
+
+
 class Stats:
     def __init__(self) -> None:
         self.requests: list[RequestRecord] = []
         self.repeats: list[RepeatedSubmission] = []
         self.submissions: list[SubmissionRecord] = []
+        self.tasks: dict[str, TaskRecord] = {}
         self._fingerprints: Counter[tuple[str, str, str]] = Counter()
 
     def record(self, t: float, key: str | None, provider: str, kind: Kind, status: int) -> None:
         self.requests.append(RequestRecord(t, None if key is None else key_id(key), provider, kind, status))
+
+    def task_started(self, task_id: str, key: str, provider: str, created_at: float, done_at: float) -> None:
+        self.tasks[task_id] = TaskRecord(task_id, key_id(key), provider, created_at, done_at, [])
+
+    def task_polled(self, task_id: str, t: float) -> None:
+        """A poll asked about the task at ``t`` (a task started before a reset is not recorded)."""
+        record = self.tasks.get(task_id)
+        if record is not None:
+            record.polls.append(t)
 
     def submission(
         self, t: float, key: str, provider: str, prompt: str, params: Mapping[str, Any], task_ids: Sequence[str | int]
@@ -100,8 +126,9 @@ class Stats:
         """The record as ``GET /_sandbox/stats`` answers it: ``requests`` (each with the status the client
         saw, 502 for a gateway page), counts ``by_key`` and ``by_kind``, ``rate_limited``,
         ``repeated_submissions``; ``submissions``, every submit that started work with its task ids and
-        ``answer``; and ``answers``, how many of those went each way (``normal``, ``gateway``,
-        ``held_back``): the paid submits a client could not have known about are the last two."""
+        ``answer``; ``answers``, how many of those went each way (``normal``, ``gateway``,
+        ``held_back``): the paid submits a client could not have known about are the last two; and
+        ``tasks``, every task started with its ``done_at`` and the time of each poll that asked about it."""
         by_key: dict[str, Counter[str]] = {}
         for r in self.requests:
             if r.key_id is not None:
@@ -114,4 +141,5 @@ class Stats:
             "repeated_submissions": {"count": len(self.repeats), "items": [asdict(r) for r in self.repeats]},
             "submissions": [asdict(s) for s in self.submissions],
             "answers": {answer: sum(1 for s in self.submissions if s.answer == answer) for answer in get_args(Answer)},
+            "tasks": [asdict(t) for t in self.tasks.values()],
         }

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func
+from sqlmodel import Session, select
 
-from jobs.batchfile import load_batch, parse_batch
+from jobs.batchfile import load_batch, open_batch, parse_batch
+from jobs.db import make_engine, migrate
 from jobs.errors import BatchFileError, Problem
-from jobs.spec import JobSpec
+from jobs.models import Batch, Job
+from jobs.producer import produce
+from jobs.spec import BatchSpec, JobSpec
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "batches" / "examples"
 
@@ -65,9 +70,7 @@ jobs:
 
 
 def test_csv_lines_are_physical_lines_even_after_a_quoted_cell_spanning_several():
-    spec = parse_batch(
-        b'prompt,provider\n"a prompt\nover three\nlines",gencraft\n\nplain,gencraft\n', "catalog.csv"
-    )
+    spec = parse_batch(b'prompt,provider\n"a prompt\nover three\nlines",gencraft\n\nplain,gencraft\n', "catalog.csv")
     assert spec.lines == (2, 6)
     assert spec.jobs[0].prompt == "a prompt\nover three\nlines"
 
@@ -146,6 +149,22 @@ def test_two_jobs_with_one_name_would_overwrite_each_other_so_the_second_is_refu
     assert "line 2" in problems[0].message
 
 
+def test_a_name_given_three_times_is_refused_at_each_later_line_naming_the_first():
+    rows = "".join(f"{prompt},gencraft,{name}\n" for prompt, name in [("a", "x"), ("b", "y"), ("c", "x"), ("d", "x")])
+    problems = problems_of("prompt,provider,name\n" + rows, "c.csv")
+    assert [(problem.line, problem.message) for problem in problems] == [
+        (4, "'x' is already the name of line 2"),
+        (5, "'x' is already the name of line 2"),
+    ]
+
+
+def test_thousands_of_distinct_names_are_not_taken_for_duplicates():
+    """Names are kept as 64-bit hashes behind a bitmap of their low bits, which fills and grows; a
+    name whose bits are marked already is only a suspect, and distinct names are never refused."""
+    rows = "".join(f"p,gencraft,n{number}\n" for number in range(20_000))
+    assert len(parse_batch(f"prompt,provider,name\n{rows}".encode(), "c.csv").jobs) == 20_000
+
+
 @pytest.mark.parametrize("name", ["../escape", "/abs", "a//b", "sku 1", "a/../b"])
 def test_a_name_that_is_not_a_safe_storage_key_is_refused(name: str):
     assert where(problems_of(f'{{"prompt": "a", "provider": "gencraft", "name": "{name}"}}\n', "m.jsonl")) == [
@@ -204,3 +223,60 @@ def test_every_example_batch_loads(example: str):
     spec = load_batch(EXAMPLES / example)
     assert spec.jobs
     assert len({job.name for job in spec.jobs}) == len(spec.jobs)
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in EXAMPLES.iterdir()))
+def test_a_streamed_batch_reads_the_same_jobs_as_a_held_one(example: str):
+    held = load_batch(EXAMPLES / example)
+    streamed = open_batch(EXAMPLES / example)
+    assert (streamed.name, streamed.content_hash, streamed.job_count, streamed.budget, streamed.sheets) == (
+        held.name, held.content_hash, held.job_count, held.budget, held.sheets
+    )  # fmt: skip
+    assert list(streamed.rows()) == list(held.rows())
+
+
+def test_open_batch_refuses_a_bad_file_as_load_batch_does(tmp_path: Path):
+    path = tmp_path / "c.csv"
+    path.write_text("prompt,provider,name\na,gencraft,x\n,gencraft,y\nb,dalle,z\nc,gencraft,x\n")
+    with pytest.raises(BatchFileError) as held:
+        load_batch(path)
+    with pytest.raises(BatchFileError) as streamed:
+        open_batch(path)
+    assert streamed.value.problems == held.value.problems
+    assert where(streamed.value.problems) == [(3, "prompt"), (4, "provider"), (5, "name")]
+
+
+def test_the_row_checks_see_every_row_and_speak_only_when_the_file_itself_is_sound(tmp_path: Path):
+    path = tmp_path / "c.csv"
+    path.write_text("prompt,provider\n" + "a,gencraft\n" * 2_500)
+    seen: list[int] = []
+
+    def check(rows: BatchSpec) -> list[Problem]:
+        seen.extend(rows.lines)
+        return [Problem(rows.source, line, "provider", "no account") for line in rows.lines if line == 2_501]
+
+    with pytest.raises(BatchFileError) as refused:
+        open_batch(path, check=check)
+    assert seen == list(range(2, 2_502))
+    assert where(refused.value.problems) == [(2_501, "provider")]
+
+    path.write_text("prompt,provider\n" + "a,gencraft\n" * 2_499 + ",gencraft\n")
+    with pytest.raises(BatchFileError) as refused:
+        open_batch(path, check=check)
+    assert where(refused.value.problems) == [(2_501, "prompt")]
+
+
+def test_a_file_changed_between_its_check_and_its_writing_is_refused_and_writes_nothing(tmp_path: Path):
+    path = tmp_path / "c.csv"
+    path.write_text("prompt,provider\na,gencraft\nb,gencraft\n")
+    batch = open_batch(path)
+    path.write_text("prompt,provider\na,gencraft\nb,dalle\n")
+    engine = make_engine(f"sqlite:///{tmp_path / 'genq.db'}")
+    migrate(engine)
+
+    with pytest.raises(BatchFileError, match="changed while it was being submitted"):
+        produce(engine, batch)
+
+    with Session(engine) as session:
+        assert session.exec(select(func.count()).select_from(Batch)).one() == 0
+        assert session.exec(select(func.count()).select_from(Job)).one() == 0

@@ -172,7 +172,7 @@ def test_the_collector_counts_429s_by_kind_and_credits_of_succeeded_jobs(genq_en
 
 def test_the_dashboard_shows_every_metric_and_only_metrics_that_exist(genq_env, engine):
     runtime = Runtime(settings_from(genq_env))
-    runtime.timing.observe_finished("gencraft", None, elapsed=5.0, at_first_poll=True)
+    runtime.timing.observe_finished("gencraft", None, due=5.0, previous=None)
     families = text_string_to_metric_families(generate_latest(registry_for(runtime)).decode())
     exported = {family.name + ("_total" if family.type == "counter" else "") for family in families}
     runtime.close()

@@ -13,21 +13,24 @@ import hashlib
 import io
 import logging
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
 
 import httpx
 from PIL import Image, UnidentifiedImageError
-from sqlalchemy import update
-from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session, col, select
+from sqlalchemy import Table, bindparam, select, update
+from sqlmodel import Session
 
-from jobs.db import session_scope
-from jobs.errors import DestinationRefused, GenqError, PictureRefused
-from jobs.lifecycle import JobState, TaskState, move
+from jobs.db import session_scope, upsert_insert
+from jobs.errors import DestinationRefused, GenqError, PictureRateLimited, PictureRefused, RedisUnavailable
+from jobs.lifecycle import JOBS, JobState, TaskState, move
 from jobs.models import Asset, Batch, Job, ProviderTask, utcnow
+from jobs.rediscalls import talking_to_redis
 from jobs.storage import batch_folder
 from workers.liveness import holder_id
-from workers.providers.base import HTTP_ERRORS, InvalidRequest, http_outcome, read_capped
+from workers.providers.base import HTTP_ERRORS, InvalidRequest, http_outcome, read_capped, retry_after
 from workers.runtime import Runtime
 
 
@@ -45,48 +48,97 @@ DEFAULT_MAX_PIXELS = 64_000_000
 
 log = logging.getLogger(__name__)
 
+_BATCHES: Table = Batch.__table__  # type: ignore[attr-defined]
+_TASKS: Table = ProviderTask.__table__  # type: ignore[attr-defined]
+_ASSETS: Table = Asset.__table__  # type: ignore[attr-defined]
+
+# A collect runs once for every job: its statements are built once, and given their values.
+_HOLD = (
+    update(JOBS)
+    .where(JOBS.c.id == bindparam("where_id"), JOBS.c.state == JobState.COLLECTING.value)
+    .values(holder=bindparam("set_holder"), updated_at=bindparam("set_updated_at"))
+)
+_JOB_AND_BATCH = (
+    select(JOBS.c.batch_id, _BATCHES.c.name, JOBS.c.seq, JOBS.c.name, JOBS.c.error, JOBS.c.account)
+    .join(_BATCHES, _BATCHES.c.id == JOBS.c.batch_id)
+    .where(JOBS.c.id == bindparam("job_id"))
+)
+_TASKS_OF = (
+    select(_TASKS.c.state, _TASKS.c.error, _TASKS.c.images)
+    .where(_TASKS.c.job_id == bindparam("job_id"))
+    .order_by(_TASKS.c.index)
+)
+_RECORDED = select(_ASSETS.c.index).where(_ASSETS.c.job_id == bindparam("job_id"))
+
 _TYPES = {"PNG": ("image/png", "png"), "JPEG": ("image/jpeg", "jpg"), "WEBP": ("image/webp", "webp")}
 
 
-def collect_job(runtime: Runtime, job_id: int) -> bool:
-    """Store every picture of a collecting job and mark it succeeded; False if it was not collecting."""
-    with Session(runtime.engine) as session:
-        job = session.get(Job, job_id)
-        if job is None or job.state != JobState.COLLECTING:
-            return False
-        batch = session.get(Batch, job.batch_id)
-        tasks = list(
-            session.exec(
-                select(ProviderTask).where(col(ProviderTask.job_id) == job_id).order_by(col(ProviderTask.index))
-            ).all()
-        )
-        done = set(session.exec(select(Asset.index).where(col(Asset.job_id) == job_id)).all())
-    assert batch is not None
+def collect_job(runtime: Runtime, job_id: int) -> int | None:
+    """Store every picture of a collecting job and mark it succeeded (or failed, when some of its
+    provider tasks made no picture); the id of its batch, for the caller to finish it if it was the
+    last. None if the job was not collecting, or another delivery of the collect ended it meanwhile.
+
+    Two transactions when all goes well: the first names this process the job's holder (so the
+    reconciler takes it again at once should this process die) and reads what the job needs; the
+    last records the last picture and moves the job. Any picture before the last is recorded as soon
+    as it is stored, so a collect repeated after a crash fetches only what was not recorded. The
+    rows are read as plain columns: a collect runs once for every job, and loading ORM objects
+    would cost more than the statements themselves.
+    """
     with session_scope(runtime.engine) as session:
-        # Named as its holder, so the reconciler takes it again at once should this process die.
-        session.execute(
-            update(Job)
-            .where(col(Job.id) == job_id, col(Job.state) == JobState.COLLECTING.value)
-            .values(holder=holder_id(), updated_at=utcnow())
-        )
-    urls = [image["url"] for task in tasks for image in task.images]
-    for index, url in enumerate(urls):
-        if index in done:
-            continue
-        data = download(runtime, url)
+        held = session.execute(_HOLD, {"where_id": job_id, "set_holder": holder_id(), "set_updated_at": utcnow()})
+        if held.rowcount != 1:  # type: ignore[attr-defined]
+            return None
+        batch_id, batch_name, seq, name, error, account = session.execute(_JOB_AND_BATCH, {"job_id": job_id}).one()
+        tasks = session.execute(_TASKS_OF, {"job_id": job_id}).all()
+        done = set(session.execute(_RECORDED, {"job_id": job_id}).scalars())
+    urls = [image["url"] for _, _, images in tasks for image in images]
+    todo = [index for index in range(len(urls)) if index not in done]
+    folder, stem = batch_folder(batch_id, batch_name), name or f"{seq:05d}"
+    last: dict[str, Any] | None = None
+    for index in todo:
+        url = urls[index]
+        try:
+            data = download(runtime, url)
+        except PictureRateLimited as limited:
+            pause_if_own_host(runtime, account, limited)
+            raise
         try:
             picture = check_picture(data, max_pixels=runtime.settings.max_image_pixels)
         except PictureRefused as refused:  # the reason names the picture, as a download's does
             raise PictureRefused(f"image {shown_url(url)}: {refused}", final=refused.final) from None
-        key = asset_key(batch, job, index, len(urls), picture.extension)
+        key = asset_key(folder, stem, index, len(urls), picture.extension)
         runtime.storage.put(key, picture.data)
-        _record(runtime, job_id, index, key, picture)
-    missing = [task for task in tasks if task.state == TaskState.FAILED.value]
+        asset = _asset(job_id, index, key, picture)
+        if index == todo[-1]:
+            last = asset
+        else:
+            with session_scope(runtime.engine) as session:
+                _add_once(session, asset)
+    missing = [(state, why) for state, why, _ in tasks if state == TaskState.FAILED.value]
     with session_scope(runtime.engine) as session:
+        if last is not None:
+            _add_once(session, last)
         if missing:  # the pictures that were made are kept; the job did not make all it asked for
-            reason = job.error or f"{len(missing)} of {len(tasks)} tasks made no picture: {missing[0].error}"
-            return move(session, job_id, JobState.COLLECTING, JobState.FAILED, error=reason, holder=None)
-        return move(session, job_id, JobState.COLLECTING, JobState.SUCCEEDED, error=None, holder=None)
+            reason = error or f"{len(missing)} of {len(tasks)} tasks made no picture: {missing[0][1]}"
+            moved = move(session, job_id, JobState.COLLECTING, JobState.FAILED, error=reason, holder=None)
+        else:
+            moved = move(session, job_id, JobState.COLLECTING, JobState.SUCCEEDED, error=None, holder=None)
+    return batch_id if moved else None
+
+
+def hold_collecting(runtime: Runtime, job_ids: Sequence[int]) -> None:
+    """Name this process the holder of those of the jobs that are collecting, in one statement, before
+    any of them is collected: should the process die while it collects them one after another, the
+    reconciler takes every one of them at once, not only the one in hand."""
+    if not job_ids:
+        return
+    with session_scope(runtime.engine) as session:
+        session.execute(
+            update(JOBS)
+            .where(JOBS.c.id.in_(job_ids), JOBS.c.state == JobState.COLLECTING.value)
+            .values(holder=holder_id(), updated_at=utcnow())
+        )
 
 
 def collect_failed(runtime: Runtime, job_id: int, error: GenqError, *, retry_in: float | None) -> None:
@@ -107,11 +159,11 @@ def fail_collect(runtime: Runtime, job_id: int, reason: str) -> None:
         move(session, job_id, JobState.COLLECTING, JobState.FAILED, error=reason, holder=None)
 
 
-def asset_key(batch: Batch, job: Job, index: int, total: int, extension: str) -> str:
-    stem = job.name or f"{job.seq:05d}"
+def asset_key(folder: str, stem: str, index: int, total: int, extension: str) -> str:
+    """Where a job's picture is stored: below its batch's ``folder``, named by the job's name (or its
+    place in the batch), numbered when the job made more than one."""
     suffix = f"-{index + 1}" if total > 1 else ""
-    assert batch.id is not None
-    return f"{batch_folder(batch.id, batch.name)}/{stem}{suffix}.{extension}"
+    return f"{folder}/{stem}{suffix}.{extension}"
 
 
 def download(runtime: Runtime, url: str) -> bytes:
@@ -148,6 +200,21 @@ def download(runtime: Runtime, url: str) -> bytes:
         raise PictureRefused(f"image {shown} could not be downloaded: {outcome}", final=final) from None
 
 
+def pause_if_own_host(runtime: Runtime, account: str | None, limited: PictureRateLimited) -> None:
+    """A 429 from the provider's own host counts against the account as any request of it does: the
+    account pauses for the fleet (submits and polls too) until the Retry-After. A CDN's 429 is the
+    CDN's: only this download waits."""
+    settings = runtime.accounts.get(account or "")
+    if settings is None or httpx.URL(settings.base_url).host != limited.host:
+        return
+    try:
+        with talking_to_redis(f"pausing account {settings.name}"):
+            why = "rate limited by the provider (429 to a download)"
+            runtime.limiter.pause(settings.name, limited.retry_after, why)
+    except RedisUnavailable as error:
+        log.warning("account %s not paused after a download's 429: %s", settings.name, error)
+
+
 def shown_url(url: str) -> str:
     """``url`` as reasons and log lines show it: scheme, host, port and path, without the query, the
     fragment or user info (a signed link carries its token there), and not endlessly long."""
@@ -171,6 +238,10 @@ def _body(response: httpx.Response, shown: str, limit: int) -> bytes:
     """The body of a picture's answer, read as it comes and never past ``limit`` bytes."""
     if response.status_code in (403, 404, 410):
         raise PictureRefused(f"image {shown} answered {response.status_code}", final=True)
+    if response.status_code == 429:
+        wait = retry_after(response)
+        raise PictureRateLimited(f"image {shown} answered 429 (Retry-After {wait:g} s)", retry_after=wait,
+                                 host=response.url.host)  # fmt: skip
     if not response.is_success:
         raise PictureRefused(f"image {shown} answered {response.status_code}", final=False)
     declared = int(response.headers.get("content-length") or 0)
@@ -275,23 +346,31 @@ def _clip(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
-def _record(runtime: Runtime, job_id: int, index: int, key: str, picture: Picture) -> None:
-    try:
-        with session_scope(runtime.engine) as session:
-            session.add(
-                Asset(
-                    job_id=job_id,
-                    index=index,
-                    key=key,
-                    sha256=hashlib.sha256(picture.data).hexdigest(),
-                    bytes=len(picture.data),
-                    width=picture.width,
-                    height=picture.height,
-                    content_type=picture.content_type,
-                )
-            )
-    except IntegrityError:
-        pass  # recorded by an earlier delivery of the same collect
+def _asset(job_id: int, index: int, key: str, picture: Picture) -> dict[str, Any]:
+    """An ``Asset`` row's values."""
+    return {
+        "job_id": job_id,
+        "index": index,
+        "key": key,
+        "sha256": hashlib.sha256(picture.data).hexdigest(),
+        "bytes": len(picture.data),
+        "width": picture.width,
+        "height": picture.height,
+        "content_type": picture.content_type,
+        "created_at": utcnow(),
+    }
+
+
+def _add_once(session: Session, asset: dict[str, Any]) -> None:
+    """Record the picture in the session's transaction, unless an earlier delivery of the same
+    collect recorded it (the ``(job_id, index)`` key): the transaction goes on either way."""
+    session.execute(_insert_once(upsert_insert(session)), asset)
+
+
+@lru_cache(maxsize=4)
+def _insert_once(insert: Callable[..., Any]) -> Any:
+    """The dialect's insert of an asset that does nothing where it is recorded already; built once."""
+    return insert(_ASSETS).on_conflict_do_nothing(index_elements=["job_id", "index"])
 
 
 def _inline(url: str, limit: int) -> bytes:

@@ -105,7 +105,9 @@ def cancel_what_waits(runtime: Runtime) -> None:
 
 
 def polls_due(engine: Engine, account: str, by: datetime) -> int:
-    """Provider tasks of the account that will be polled before ``by``."""
+    """Provider tasks of the account that will be polled before ``by``: by their due time, so a poll
+    leased by the sweep or waiting for the allowance (its ``next_poll_at`` pushed past the wait) is
+    still counted, and goes before submits."""
     with session_scope(engine) as session:
         return session.exec(
             select(func.count())
@@ -113,7 +115,7 @@ def polls_due(engine: Engine, account: str, by: datetime) -> int:
             .where(
                 col(ProviderTask.state) == TaskState.RUNNING.value,
                 col(ProviderTask.account) == account,
-                col(ProviderTask.next_poll_at) <= by,
+                func.coalesce(col(ProviderTask.poll_due_at), col(ProviderTask.next_poll_at)) <= by,
             )
         ).one()
 

@@ -12,12 +12,12 @@ import math
 from collections.abc import Sequence
 
 from pydantic import ValidationError
-from sqlalchemy import func, update
+from sqlalchemy import Table, bindparam, func, update
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
 from jobs.errors import GenqError
-from jobs.lifecycle import FINAL, BatchState, JobState
+from jobs.lifecycle import FINAL, JOBS, BatchState, JobState
 from jobs.models import RATE_LIMITED, Batch, Job, JobEvent, ProviderTask, utcnow
 from jobs.outputs import plan_sheets, sheet_of, write_sheets
 from jobs.report import AccountFigures, RunFigures, write_report
@@ -33,18 +33,41 @@ log = logging.getLogger(__name__)
 
 
 def job_ended(runtime: Runtime, job_id: int) -> None:
-    """Call after a job reached a final state: finishes its batch if it was the last."""
+    """Call after a step that may have ended a job: finishes its batch if the job is final and was the
+    last. A job still on its way (a submit that started provider tasks) costs one read of its row."""
     with Session(runtime.engine) as session:
-        job = session.get(Job, job_id)
-    if job is not None:
-        finish_batch_if_done(runtime, job.batch_id)
+        found = session.execute(_BATCH_AND_STATE, {"job_id": job_id}).first()
+    if found is not None and JobState(found[1]) in FINAL:
+        finish_batch_if_done(runtime, found[0])
+
+
+_BATCHES: Table = Batch.__table__  # type: ignore[attr-defined]
+UNFINISHED = tuple(state.value for state in JobState if state not in FINAL)
+"""The states of a job still on its way; looked up through the ``(batch_id, state)`` index."""
+# Asked at every job's end: built once, given their values.
+_BATCH_AND_STATE = select(JOBS.c.batch_id, JOBS.c.state).where(JOBS.c.id == bindparam("job_id"))
+_RUNNING_AND_DONE = select(_BATCHES.c.id).where(
+    _BATCHES.c.id == bindparam("batch_id"),
+    _BATCHES.c.state == BatchState.RUNNING.value,
+    ~select(JOBS.c.id).where(JOBS.c.batch_id == bindparam("batch_id"), JOBS.c.state.in_(UNFINISHED)).exists(),
+)
 
 
 def finish_batch_if_done(runtime: Runtime, batch_id: int) -> bool:
+    """Finish the batch if it is running and none of its jobs is unfinished; whether this call did.
+
+    Called at each job's end, so the common answer (some job is still on its way) is one query that
+    stops at the first unfinished job it finds through the ``(batch_id, state)`` index, never a count
+    over the batch: a batch of n jobs costs O(n) in all, not O(n^2). Jobs are counted by state only
+    once none is left unfinished. Each caller asks after its own job's move is committed, so of two
+    jobs ending at once the later to ask sees both final, and the batch is finished by one of them.
+    """
     with Session(runtime.engine) as session:
-        batch = session.get(Batch, batch_id)
-        if batch is None or batch.state != BatchState.RUNNING:
+        done = session.execute(_RUNNING_AND_DONE, {"batch_id": batch_id}).first()
+        if done is None:  # not running, or a job of it is still on its way
             return False
+        batch = session.get(Batch, batch_id)
+        assert batch is not None
         counts = dict(
             session.exec(
                 select(Job.state, func.count()).where(col(Job.batch_id) == batch_id).group_by(col(Job.state))
@@ -70,26 +93,32 @@ def write_outputs(runtime: Runtime, batch: Batch) -> str:
     """Sheets, results and the report of a batch whose jobs are all final; the key of ``results.jsonl``.
     A sheet or a report that cannot be made is said in the log and never keeps the batch open."""
     assert batch.id is not None
+    with Session(runtime.engine) as session:  # read once for all three
+        jobs = session.exec(select(Job).where(col(Job.batch_id) == batch.id).order_by(col(Job.seq))).all()
     try:
-        write_sheets(runtime.storage, batch, plan_sheets(runtime.engine, batch.id, frames_expected))
+        write_sheets(runtime.storage, batch, plan_sheets(runtime.engine, batch.id, frames_expected, jobs))
     except GenqError as error:
         log.warning("batch %d: its sprite sheets could not be made: %s", batch.id, error)
-    results = row_results(runtime.engine, batch.id, credits=credits_spent, sheet_of=sheet_of)
+    results = row_results(runtime.engine, batch.id, credits=credits_spent, sheet_of=sheet_of, jobs=jobs)
     key = write_results(runtime.storage, batch, results)
     try:
-        write_report(runtime.engine, runtime.storage, batch.id, run_figures(runtime, batch, results))
+        write_report(runtime.engine, runtime.storage, batch.id, run_figures(runtime, batch, results, jobs))
     except GenqError as error:
         log.warning("batch %d: its report could not be written: %s", batch.id, error)
     return key
 
 
-def run_figures(runtime: Runtime, batch: Batch, results: Sequence[RowResult]) -> RunFigures:
+def run_figures(
+    runtime: Runtime, batch: Batch, results: Sequence[RowResult], jobs: Sequence[Job] | None = None
+) -> RunFigures:
     """Planned beside spent, for the report. The plan is made again from the rows at each provider's
     typical time (what ``genq plan`` says before anything was learned); requests spent are each
-    submitted row's submit requests and its tasks' polls; 429s are the turned-away requests recorded."""
+    submitted row's submit requests and its tasks' polls; 429s are the turned-away requests recorded.
+    ``jobs``: the batch's jobs in order, where the caller has read them already."""
     assert batch.id is not None
     with Session(runtime.engine) as session:
-        jobs = session.exec(select(Job).where(col(Job.batch_id) == batch.id).order_by(col(Job.seq))).all()
+        if jobs is None:
+            jobs = session.exec(select(Job).where(col(Job.batch_id) == batch.id).order_by(col(Job.seq))).all()
         polls = dict(
             session.exec(
                 select(ProviderTask.job_id, func.sum(col(ProviderTask.polls)))

@@ -2,10 +2,11 @@
 
 The sweeper leases the due tasks (pushes their next poll a lease ahead) before sending them, so a
 second sweep does not send them twice while their poll is on its way. Polls back off with jitter from
-``first_poll_delay`` to ``max_poll_interval``. A poll that finds its key's allowance spent is sent
-again for the moment a request frees, its lease lengthened to cover the wait: the next sweep would
-come up to a sweep interval after that moment, and a request no one takes when it frees is lost to
-the key's minute.
+the learned first-poll delay to ``max_poll_interval``; each poll remembers when it is due by this
+schedule (``poll_due_at``), which neither a lease nor a wait for the allowance moves. A poll that
+finds its key's allowance spent is sent again for the moment a request frees, its lease lengthened to
+cover the wait: the next sweep would come up to a sweep interval after that moment, and a request no
+one takes when it frees is lost to the key's minute.
 
 Polls end. A failed poll's next step comes from ``POLL_STEP``, keyed by the error's class: a refused
 key takes the account out of rotation and its tasks wait for it; an answer that cannot be read is
@@ -21,7 +22,7 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import Enum
 
 from sqlalchemy import update
@@ -62,6 +63,8 @@ LEASE_SECONDS = 60.0
 """How long a task sent to be polled is left alone by the sweeper (the poll itself sets the next time)."""
 MIN_FOLLOW_UP = 0.5
 """Seconds; the shortest wait between two polls of one task."""
+AGE_SHARE = 0.25
+"""The longest wait between two polls of one task, as a share of the task's age."""
 RESEND_WITHIN = 60.0
 """Seconds; a poll that must wait no longer than this for its key's allowance is sent again for the
 moment it frees (the longest the broker holds a message back). A longer wait (a pause after a 429,
@@ -297,15 +300,16 @@ def _record(
     now = utcnow()
     age = (now - task.submitted_at).total_seconds()
     if isinstance(status, Finished):
-        gap = 0.0
-        if task.polls:
-            first = runtime.timing.first_poll_delay(task.provider, model)
-            gap = follow_up_gap(runtime.settings, task.polls, first)
-        runtime.timing.observe_finished(task.provider, model, elapsed=age, at_first_poll=task.polls == 0, gap=gap)
+        # Learned as of when this poll was due, not when it ran: a wait for the key's allowance says
+        # nothing of the picture.
+        due = age if task.poll_due_at is None else min(age, (task.poll_due_at - task.submitted_at).total_seconds())
+        previous = None if task.last_polled_at is None else (task.last_polled_at - task.submitted_at).total_seconds()
+        runtime.timing.observe_finished(task.provider, model, due=due, previous=previous)
     if status is None or isinstance(status, StillRunning):
         learned = runtime.timing.first_poll_delay(task.provider, model)
         # If the fleet learned meanwhile that tasks take longer than this one was given, wait for that.
-        _reschedule(runtime, [task], None, learned, at_least=learned - age)
+        running_at = now if isinstance(status, StillRunning) else None
+        _reschedule(runtime, [task], None, learned, at_least=learned - age, polled_at=running_at)
         return
     end_task(runtime, task, status, result)
 
@@ -374,34 +378,44 @@ def _reschedule(
     *,
     at_least: float = 0.0,
     poll_errors: int = 0,
+    polled_at: datetime | None = None,
 ) -> None:
     """Set the next poll: after ``wait`` seconds when the key must wait (no poll was made), else by
-    the follow-up backoff, and not before ``at_least`` seconds."""
+    the follow-up backoff, and not before ``at_least`` seconds. Only the backoff is a schedule, so
+    only it sets when the poll is due (``poll_due_at``); a wait moves the poll, not its due time.
+    ``polled_at``: when this poll found the tasks still running."""
     now = utcnow()
-    first = runtime.settings.first_poll_delay if first is None else first
     with session_scope(runtime.engine) as session:
         for task in tasks:
-            delay = wait if wait is not None else next_poll_delay(runtime.settings, task.polls + 1, first)
-            delay = max(delay, at_least)
+            values: dict[str, object] = {"poll_errors": poll_errors}
+            if wait is None:
+                start = runtime.timing.default_delay(task.provider) if first is None else first
+                age = (now - task.submitted_at).total_seconds()
+                delay = max(next_poll_delay(runtime.settings, task.polls + 1, start, age=age), at_least)
+                values |= {"polls": task.polls + 1, "poll_due_at": now + timedelta(seconds=delay)}
+            else:
+                delay = max(wait, at_least)
+            if polled_at is not None:
+                values["last_polled_at"] = polled_at
             session.execute(
                 update(ProviderTask)
                 .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == TaskState.RUNNING.value)
-                .values(
-                    next_poll_at=now + timedelta(seconds=delay),
-                    polls=task.polls + (wait is None),
-                    poll_errors=poll_errors,
-                )
+                .values(next_poll_at=now + timedelta(seconds=delay), **values)
             )
 
 
-def next_poll_delay(settings: Settings, polls: int, first: float) -> float:
+def next_poll_delay(settings: Settings, polls: int, first: float, *, age: float) -> float:
     """Seconds to the next poll after ``polls`` that found the task running: ``follow_up_gap``, with
     jitter so tasks submitted together do not stay in lockstep."""
-    return follow_up_gap(settings, polls, first) * random.uniform(0.8, 1.2)
+    return follow_up_gap(settings, polls, first, age=age) * random.uniform(0.8, 1.2)
 
 
-def follow_up_gap(settings: Settings, polls: int, first: float) -> float:
-    """The wait after ``polls`` that found the task running: a short follow-up (a share of the
-    learned first delay, since it is likely done soon), growing by half each time, capped."""
+def follow_up_gap(settings: Settings, polls: int, first: float, *, age: float) -> float:
+    """The wait after ``polls`` that found the task running, ``age`` seconds after its submit: a short
+    follow-up (a share of the learned first delay, since it is likely done soon), growing by half each
+    time, capped. Never more than ``AGE_SHARE`` of the task's age: a task found done by a follow-up is
+    learned as the middle of its gap, so a gap wide beside its age (many polls begun before the fleet
+    learned how long tasks take) would teach the fleet that tasks are slower than they are, and hold
+    a done picture back as long."""
     base = max(first * FOLLOW_UP_SHARE, MIN_FOLLOW_UP) * (1.5 ** (polls - 1))
-    return min(base, settings.max_poll_interval)
+    return min(base, max(age * AGE_SHARE, MIN_FOLLOW_UP), settings.max_poll_interval)

@@ -1,11 +1,15 @@
-"""What a worker process holds open: the database engine, Redis, the HTTP client, storage, accounts.
+"""What a worker process holds open: the database engine, Redis, an HTTP client per account, storage,
+accounts.
 
-Built once per process on first use (after the fork, so no connection crosses a fork), and handed
-to every step function, so a step can be run in a test with a runtime of its own.
+Built once per process after the fork (so no connection crosses a fork): a worker builds it when the
+process starts (``warm``), so the first request a fresh process sends leaves as soon as its rate-limit
+token is taken, not after the client, the adapter and the connections are made. It is handed to
+every step function, so a step can be run in a test with a runtime of its own.
 """
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -16,6 +20,7 @@ from sqlalchemy import Engine
 from jobs.accounts import Account, load_accounts
 from jobs.checks import address_policy
 from jobs.db import make_engine
+from jobs.errors import ConfigError
 from jobs.redisserver import client_url
 from jobs.settings import Settings
 from jobs.storage import Storage
@@ -25,10 +30,16 @@ from workers.providers.base import Provider
 from workers.ratelimit import RateLimiter
 from workers.timing import CompletionTimes
 
+MAX_CONNECTIONS_PER_ACCOUNT = 20
+"""Connections one account's client may hold open at once (keep-alive, reused by every thread)."""
+
 
 @dataclass
 class Runtime:
     settings: Settings = field(default_factory=Settings)
+    _clients: dict[str, httpx.Client] = field(default_factory=dict, init=False, repr=False)
+    _providers: dict[str, Provider] = field(default_factory=dict, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     @cached_property
     def engine(self) -> Engine:
@@ -43,15 +54,11 @@ class Runtime:
 
     @cached_property
     def limiter(self) -> RateLimiter:
-        return RateLimiter(
-            self.redis, margin=self.settings.rate_window_margin, spread=self.settings.rate_spread
-        )
+        return RateLimiter(self.redis, margin=self.settings.rate_window_margin, spread=self.settings.rate_spread)
 
     @cached_property
     def timing(self) -> CompletionTimes:
-        return CompletionTimes(
-            self.redis, default=self.settings.first_poll_delay, ceiling=self.settings.max_task_age
-        )
+        return CompletionTimes(self.redis, default=self.settings.first_poll_delay, ceiling=self.settings.max_task_age)
 
     @cached_property
     def storage(self) -> Storage:
@@ -63,10 +70,24 @@ class Runtime:
 
     @cached_property
     def http(self) -> httpx.Client:
+        """For pictures: downloads go to the providers' hosts and their CDNs alike."""
+        return self._new_client(max_connections=50)
+
+    def client(self, account_name: str) -> httpx.Client:
+        """The account's own client, kept alive: its connections to the provider are reused by every
+        request of the account, and one provider's slow answers never hold another's connections."""
+        with self._lock:
+            client = self._clients.get(account_name)
+            if client is None:
+                client = self._clients[account_name] = self._new_client(max_connections=MAX_CONNECTIONS_PER_ACCOUNT)
+            return client
+
+    def _new_client(self, *, max_connections: int) -> httpx.Client:
         # Every request goes out through the guard: public addresses, the accounts' own and the trusted.
         policy = address_policy(self.accounts, self.settings.trusted())
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         return httpx.Client(
-            transport=GuardedTransport(policy, limits=httpx.Limits(max_connections=50, max_keepalive_connections=20)),
+            transport=GuardedTransport(policy, limits=limits),
             timeout=httpx.Timeout(self.settings.http_timeout, connect=min(10.0, self.settings.http_timeout)),
             follow_redirects=False,
         )
@@ -77,12 +98,35 @@ class Runtime:
         return tuple(sorted({key for account in self.accounts.values() if (key := account.api_key())}))
 
     def provider(self, account_name: str) -> Provider:
-        provider = provider_for(self.accounts[account_name], self.http)
-        provider.answer_cap = self.settings.max_answer_bytes
-        provider.secrets = self.secrets
+        """The account's adapter, built once: adapters keep no state between requests."""
+        provider = self._providers.get(account_name)
+        if provider is None:
+            provider = provider_for(self.accounts[account_name], self.client(account_name))
+            provider.answer_cap = self.settings.max_answer_bytes
+            provider.secrets = self.secrets
+            provider = self._providers.setdefault(account_name, provider)
         return provider
 
+    def warm(self) -> None:
+        """Build now what the first task would otherwise build while its token waits: the database's
+        and Redis's first connections, the limiter's scripts, every account's client and adapter."""
+        with self.engine.connect():
+            pass
+        self.redis.ping()
+        self.http  # noqa: B018
+        for name, account in self.accounts.items():
+            try:
+                account.api_key()
+            except ConfigError:
+                continue  # its jobs fail with that reason when they come; the others need not wait
+            self.provider(name)
+
     def close(self) -> None:
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
+            self._providers = {}
+        for client in clients:
+            client.close()
         for name in ("http", "engine", "redis"):
             if name in self.__dict__:
                 resource = self.__dict__.pop(name)

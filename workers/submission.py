@@ -187,7 +187,7 @@ def record_submitted(
     else:
         target = JobState.RUNNING
         tasks = [
-            _task(job, now, index=index, remote_id=remote_id, next_poll_at=first_poll)
+            _task(job, now, index=index, remote_id=remote_id, next_poll_at=first_poll, poll_due_at=first_poll)
             for index, remote_id in enumerate(submitted.task_ids)
         ]
     done: dict[str, Any] = {"error": None, "holder": None, "lease_until": None}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ import redis
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.signals import worker_init
+from celery.signals import worker_init, worker_process_init, worker_ready
 from celery.worker.request import Request
 
 from jobs.db import make_engine, migrate
@@ -20,9 +21,9 @@ from jobs.errors import PictureRefused, StorageError
 from jobs.redisserver import client_url
 from jobs.settings import Settings
 from workers.app import MAX_COUNTDOWN, app
-from workers.collect import collect_failed, collect_job
+from workers.collect import collect_failed, collect_job, hold_collecting
 from workers.dispatch import dispatch
-from workers.finish import job_ended
+from workers.finish import finish_batch_if_done, job_ended
 from workers.liveness import Heartbeat, forget_child
 from workers.polling import due_polls, poll_tasks
 from workers.reconcile import reconcile
@@ -31,6 +32,9 @@ from workers.settle import Settled, settle
 from workers.submission import submit_job
 
 COLLECT_RETRIES = 5
+INLINE_COLLECT_SECONDS = 5.0
+"""Seconds a poll (or a submit) may spend collecting what it found ready before it sends the rest
+out as collect messages (``collect_now``)."""
 
 log = logging.getLogger(__name__)
 # httpx logs every request's full URL at INFO, and a signed picture link's query is its credential:
@@ -83,13 +87,41 @@ class GenqTask(Task):  # type: ignore[misc]
 
     @property
     def runtime(self) -> Runtime:
-        if GenqTask._runtime is None:
-            with GenqTask._lock:
-                if GenqTask._runtime is None:
-                    runtime = Runtime()
-                    GenqTask._heartbeat = Heartbeat(runtime.redis).start()
-                    GenqTask._runtime = runtime
-        return GenqTask._runtime
+        return process_runtime()
+
+
+def process_runtime() -> Runtime:
+    """This process's runtime, built on first use (after the fork), with its heartbeat."""
+    if GenqTask._runtime is None:
+        with GenqTask._lock:
+            if GenqTask._runtime is None:
+                runtime = Runtime()
+                GenqTask._heartbeat = Heartbeat(runtime.redis).start()
+                GenqTask._runtime = runtime
+    return GenqTask._runtime
+
+
+@worker_process_init.connect
+def _warm_pool_process(**_: Any) -> None:
+    """A prefork pool process builds its runtime as it starts, not when its first task has its token."""
+    _warm()
+
+
+@worker_ready.connect
+def _warm_worker(sender: Any = None, **_: Any) -> None:
+    """A pool that runs tasks in the worker's own process (threads, solo) builds it once the worker is
+    up; a prefork worker's main process runs no task and builds nothing (its children would inherit it)."""
+    from celery.concurrency.prefork import TaskPool as PreforkPool
+
+    if not isinstance(getattr(sender, "pool", None), PreforkPool):
+        _warm()
+
+
+def _warm() -> None:
+    try:
+        process_runtime().warm()
+    except Exception as error:  # Redis or the database not answering yet: the first task builds it
+        log.warning("worker process not warmed up (its first task builds what it needs): %s", error)
 
 
 @worker_init.connect
@@ -104,8 +136,10 @@ def _migrate_on_start(**_: Any) -> None:
 @app.task(name="genq.dispatch", base=GenqTask, bind=True)
 def dispatch_task(self: GenqTask) -> int:
     queued = dispatch(self.runtime)
-    for job_id in queued:
-        submit_task.delay(job_id)
+    # One connection from the pool for the whole round, not one taken and given back per message.
+    with app.producer_or_acquire() as producer:
+        for job_id in queued:
+            submit_task.apply_async((job_id,), producer=producer)
     return len(queued)
 
 
@@ -116,7 +150,7 @@ def submit_task(self: GenqTask, job_id: int) -> None:
         # Waiting for the rate limit is not a retry: the same message comes back, retries untouched.
         submit_task.apply_async((job_id,), countdown=min(after.wait, MAX_COUNTDOWN))
     elif after.collect:
-        collect_task.delay(job_id)
+        collect_now(self.runtime, [job_id])
     else:
         job_ended(self.runtime, job_id)
 
@@ -135,27 +169,68 @@ def poll_task(self: GenqTask, provider_task_ids: Sequence[int]) -> None:
     if found.wait is not None:
         # As with a submit: the same poll comes back when the key frees a request, retries untouched.
         poll_task.apply_async((list(provider_task_ids),), countdown=min(found.wait, MAX_COUNTDOWN))
-    for job_id in found.ready:
-        collect_task.delay(job_id)
+    collect_now(self.runtime, found.ready)
     for job_id in found.failed:
         job_ended(self.runtime, job_id)
 
 
 @app.task(name="genq.collect", base=GenqTask, bind=True, max_retries=COLLECT_RETRIES)
 def collect_task(self: GenqTask, job_id: int) -> None:
+    retry_in = collect_step(self.runtime, job_id, attempt=self.request.retries)
+    if retry_in is not None:
+        raise self.retry(countdown=retry_in)
+
+
+def collect_step(runtime: Runtime, job_id: int, *, attempt: int) -> float | None:
+    """Collect the job (its ``attempt``-th try, from 0) and finish its batch if it was the last; or,
+    where fetching again can help, the seconds after which to try again.
+
+    A refusal that fetching again cannot help fails the job at once; a failed download, or a store
+    that refused a write, is tried again, then the job fails with why (never left collecting).
+    """
     try:
-        collect_job(self.runtime, job_id)
+        batch_id = collect_job(runtime, job_id)
     except (PictureRefused, StorageError) as error:
-        # A refusal that fetching again cannot help fails the job at once; a failed download, or a
-        # store that refused a write, is tried again, then the job fails with why (never left collecting).
         final = isinstance(error, PictureRefused) and error.final
-        if final or self.request.retries >= COLLECT_RETRIES:
-            collect_failed(self.runtime, job_id, error, retry_in=None)
-        else:
-            countdown = min(2**self.request.retries, MAX_COUNTDOWN)
-            collect_failed(self.runtime, job_id, error, retry_in=countdown)
-            raise self.retry(countdown=countdown) from None
-    job_ended(self.runtime, job_id)
+        if not final and attempt < COLLECT_RETRIES:
+            countdown = min(max(2**attempt, getattr(error, "retry_after", 0.0)), MAX_COUNTDOWN)
+            collect_failed(runtime, job_id, error, retry_in=countdown)
+            return countdown
+        collect_failed(runtime, job_id, error, retry_in=None)
+        batch_id = None
+    if batch_id is not None:
+        finish_batch_if_done(runtime, batch_id)
+    else:  # it failed here, or was not ours to end: its row says whether it ended
+        job_ended(runtime, job_id)
+    return None
+
+
+def collect_now(runtime: Runtime, job_ids: Sequence[int]) -> None:
+    """Collect jobs a poll or a synchronous submit found ready, in this task, rather than send a
+    collect message each: the pictures are there now, and a message costs more than a small picture.
+
+    The guarantees are a collect message's: each job was moved ``running -> collecting`` before this
+    runs, and all of them are held by this process before the first is collected, so a process
+    killed here leaves them to the reconciler, which collects them again at once. Once
+    ``INLINE_COLLECT_SECONDS`` are spent (slow downloads), the rest go out as messages, to be fetched
+    side by side; a try that failed goes out as the collect message's first retry, so a job is tried
+    as many times either way.
+    """
+    hold_collecting(runtime, job_ids)
+    started = time.monotonic()
+    for job_id in job_ids:
+        if time.monotonic() - started > INLINE_COLLECT_SECONDS:
+            collect_task.delay(job_id)
+            continue
+        try:
+            retry_in = collect_step(runtime, job_id, attempt=0)
+        except Exception:
+            # As a collect message that raised: the job stays collecting for the reconciler, and
+            # the jobs after it in this poll are not held up by it.
+            log.exception("collect of job %s failed; left to the reconciler", job_id)
+            continue
+        if retry_in is not None:
+            collect_task.apply_async((job_id,), countdown=retry_in, retries=1)
 
 
 @app.task(name="genq.reconcile", base=GenqTask, bind=True)

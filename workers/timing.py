@@ -2,29 +2,39 @@
 
 Every poll is a request the key pays for in its allowance, so the first one should come when the
 picture is likely done: at the delay by which ``QUANTILE`` of the tasks are done. Polls only say
-"done" or "not yet", so what a finished task tells about its completion time depends on its polls:
+"done" or "not yet", and a poll that waited for its key's allowance ran later than it was due, so a
+finished task is learned from what its polls prove, timed by when each poll was due, not by when it
+ran (a wait for the allowance says nothing of the picture):
 
-- missed at its first poll, then found done by a follow-up: it finished between its last two polls,
-  and counts as the middle of that gap, which is short (a share of the delay);
+- missed at its first poll, then found done by a follow-up: it finished after the last poll that
+  found it running and, as far as the schedule goes, by the time the follow-up was due; it counts as
+  the middle of those two moments, a short gap (a share of the delay);
 - found done at its first poll: it may have finished long before, so it counts as ``EARLY_SHARE`` of
-  its first poll's time. That keeps the delay probing down, so it follows tasks that got faster,
-  while a share of missed tasks above ``1 - QUANTILE`` pulls it back up.
+  that poll's due time (never more than the delay). That keeps the delay probing down, so it follows
+  tasks that got faster, while a share of missed tasks above ``1 - QUANTILE`` pulls it back up. Such
+  a time only bounds the task's, so it also lowers the highest such bound remembered to its own
+  (which proves no more than this one), and while none of the last ``RECENT`` tasks was missed the delay is plainly too
+  long and the share is ``FAST_SHARE``: a delay seeded far too high (a provider quicker than its
+  typical time) comes down by a third with each wave of tasks, not by a twentieth every window.
 
-The delay is the ``QUANTILE`` of the last ``WINDOW`` such times. A poll that came late (its key's
-allowance was spent) counts at the delay rather than at its actual time, so waiting for the limit
-does not teach the fleet that tasks are slower than they are. Tasks submitted together (a batch's
-first wave) are all first polled at the same delay; learning from their completion times rather
-than nudging a running estimate once per poll keeps such a wave from throwing it off. One Lua
-script keeps each update atomic across the fleet.
+The delay is the ``QUANTILE`` of the last ``WINDOW`` such times. Before anything is learned it is the
+provider's typical generation time (``typical_seconds``), unless a default is set. Tasks submitted
+together (a batch's first wave) are all first polled at the same delay; learning from their
+completion times rather than nudging a running estimate once per poll keeps such a wave from throwing
+it off. One Lua script keeps each update atomic across the fleet.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import redis
 
 from jobs.errors import RedisUnavailable
 from jobs.rediscalls import talking_to_redis
 from workers import keys
+from workers.providers import ADAPTERS
+from workers.providers.base import Provider
 
 QUANTILE = 0.9
 """The share of tasks that should be done at their first poll."""
@@ -32,40 +42,79 @@ WINDOW = 200
 """Finished tasks remembered per provider and model."""
 EARLY_SHARE = 0.95
 """What a task found done at its first poll counts as, a share of that poll's time."""
+FAST_SHARE = 0.7
+"""The same while none of the last ``RECENT`` finished tasks was missed at its first poll."""
+RECENT = 30
+"""Finished tasks looked at for a miss: at the right delay one in ten is missed, so 30 in a row found
+done happens by chance about once in 25 times."""
 FOLLOW_UP_SHARE = 0.1
 """After a first poll that found a task still running, the next comes this share of the delay later."""
 
-# KEYS: the completions list, the delays hash. ARGV: field, elapsed, at first poll (1/0), gap,
-# default delay, early share, window, quantile, floor, ceiling. Returns the new delay.
+# KEYS: the completions list, the delays hash. ARGV: field, due, previous ('' when no poll found the
+# task running), default delay, early share, window, quantile, floor, ceiling, fast share, recent.
+# Returns the new delay. A time learned from a task found at its first poll (a bound) is kept negated.
 _OBSERVE = """
-local delay = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or ARGV[5])
-local elapsed = tonumber(ARGV[2])
-local value
-if ARGV[3] == '1' then
-  value = tonumber(ARGV[6]) * math.min(elapsed, delay)
+local delay = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or ARGV[4])
+local due = tonumber(ARGV[2])
+local entry
+if ARGV[3] == '' then
+  local missed = false
+  for _, v in ipairs(redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[11]) - 1)) do
+    if tonumber(v) > 0 then missed = true break end
+  end
+  local share = missed and tonumber(ARGV[5]) or tonumber(ARGV[10])
+  local value = share * math.min(due, delay)
+  local highest, at = value, nil
+  for i, v in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do
+    local x = tonumber(v)
+    if x < 0 and -x > highest then highest, at = -x, i - 1 end
+  end
+  if at then redis.call('LSET', KEYS[1], at, tostring(-value)) end
+  entry = -value
 else
-  value = math.max(elapsed - tonumber(ARGV[4]) / 2, 0)
+  local previous = tonumber(ARGV[3])
+  entry = (previous + math.max(due, previous)) / 2
 end
-redis.call('LPUSH', KEYS[1], tostring(value))
-redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[7]) - 1)
+redis.call('LPUSH', KEYS[1], tostring(entry))
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[6]) - 1)
 local seen = redis.call('LRANGE', KEYS[1], 0, -1)
 local values = {}
-for i, v in ipairs(seen) do values[i] = tonumber(v) end
+for i, v in ipairs(seen) do values[i] = math.abs(tonumber(v)) end
 table.sort(values)
-local d = values[math.max(1, math.ceil(tonumber(ARGV[8]) * #values))]
-d = math.min(math.max(d, tonumber(ARGV[9])), tonumber(ARGV[10]))
+local d = values[math.max(1, math.ceil(tonumber(ARGV[7]) * #values))]
+d = math.min(math.max(d, tonumber(ARGV[8])), tonumber(ARGV[9]))
 redis.call('HSET', KEYS[2], ARGV[1], tostring(d))
 return tostring(d)
 """
 
 
+def typical_seconds(provider: str) -> float:
+    """How long the provider's pictures usually take, as its adapter says (the base's for one unknown)."""
+    return ADAPTERS.get(provider, Provider).typical_seconds
+
+
 class CompletionTimes:
-    def __init__(self, client: redis.Redis, *, default: float, floor: float = 0.5, ceiling: float = 600.0) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        default: float | None = None,
+        typical: Callable[[str], float] = typical_seconds,
+        floor: float = 0.5,
+        ceiling: float = 600.0,
+    ) -> None:
+        """``default``: seconds to the first poll before anything is learned, for every provider;
+        None leaves it to ``typical`` (the provider's typical generation time)."""
         self._client = client
         self._observe = client.register_script(_OBSERVE)
         self.default = default
+        self._typical = typical
         self.floor = floor
         self.ceiling = ceiling
+
+    def default_delay(self, provider: str) -> float:
+        """Seconds to the first poll of a provider's task while nothing has been learned."""
+        return self._typical(provider) if self.default is None else self.default
 
     def first_poll_delay(self, provider: str, model: str | None) -> float:
         """The learned delay, else the default; the default too while Redis does not answer, since
@@ -73,8 +122,8 @@ class CompletionTimes:
         try:
             learned = self.learned(provider, model)
         except RedisUnavailable:
-            return self.default
-        return self.default if learned is None else learned
+            return self.default_delay(provider)
+        return self.default_delay(provider) if learned is None else learned
 
     def learned(self, provider: str, model: str | None) -> float | None:
         """The delay learned so far, or None when no task of this provider and model has finished;
@@ -83,15 +132,14 @@ class CompletionTimes:
             value = self._client.hget(keys.first_poll(), _field(provider, model))
         return None if value is None else float(value)  # type: ignore[arg-type]
 
-    def observe_finished(
-        self, provider: str, model: str | None, *, elapsed: float, at_first_poll: bool, gap: float = 0.0
-    ) -> float:
-        """A task found done ``elapsed`` seconds after its submit, at its first poll or by a follow-up
-        ``gap`` seconds after the poll before; returns the new delay."""
+    def observe_finished(self, provider: str, model: str | None, *, due: float, previous: float | None) -> float:
+        """A task found done by a poll due ``due`` seconds after its submit, the last poll that found
+        it running having run ``previous`` seconds after it (None when none did: found at its first
+        poll); returns the new delay."""
         field = _field(provider, model)
         args: list[str | float] = [
-            field, elapsed, 1 if at_first_poll else 0, gap, self.default, EARLY_SHARE, WINDOW, QUANTILE,
-            self.floor, self.ceiling,
+            field, due, "" if previous is None else previous, self.default_delay(provider), EARLY_SHARE, WINDOW,
+            QUANTILE, self.floor, self.ceiling, FAST_SHARE, RECENT,
         ]  # fmt: skip
         with talking_to_redis("learning a completion time"):
             return float(self._observe(keys=[keys.completions(field), keys.first_poll()], args=args))
