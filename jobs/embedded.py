@@ -41,6 +41,15 @@ def sandbox_config() -> SandboxConfig:
     return config
 
 
+def sandbox_first_poll(config: SandboxConfig) -> float:
+    """Seconds to a sandbox task's first poll before anything is learned: the sandbox's pictures take
+    what its latency says, not a real provider's typical time, so a run on it is not kept waiting."""
+    from jobs.spec import PROVIDERS
+
+    slowest = max((config.provider(name).latency_mean for name in PROVIDERS), default=0.0)
+    return max(slowest, 0.5)
+
+
 def sandbox_accounts(
     config: SandboxConfig, url: str, providers: tuple[str, ...] | None = None
 ) -> list[dict[str, object]]:
@@ -101,6 +110,8 @@ class EmbeddedStack:
             "GENQ_STORAGE_URL": self.settings.resolved_storage_url(),
             "GENQ_ACCOUNTS": str(Path(accounts).resolve()),
         }
+        if self.use_sandbox and self.settings.first_poll_delay is None:
+            self.env["GENQ_FIRST_POLL_DELAY"] = f"{sandbox_first_poll(sandbox_config()):g}"
         return self.settings.model_copy(
             update={
                 "redis_url": redis_url,
