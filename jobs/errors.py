@@ -10,6 +10,7 @@
      ├── NotFound              a batch or job id that does not exist
      ├── NothingToRetry        a retry asked of a batch with no such row, or still running (jobs.retry)
      ├── PictureRefused        a picture that is not taken (``final`` when fetching it again cannot help)
+     │    └── PictureRateLimited  its host answered 429: fetched again after Retry-After
      ├── WorkerDied            the worker a command started stopped under it
      ├── BatchPaused           the batch a command follows was paused (by hand or at its budget)
      ├── IllegalTransition     a move the job state machine does not have: a bug, never an input error
