@@ -132,11 +132,12 @@ def admissible(session: Session, job_ids: Collection[int]) -> dict[int, str | No
         .join(Batch, col(Batch.id) == col(Job.batch_id))
         .where(col(Job.id).in_(job_ids))
     ).all()
-    return {
-        job_id: ("canceled" if canceled else "paused" if paused and paused != BUDGET_REACHED else None)
-        for job_id, paused, canceled in rows
-        if job_id is not None
-    }
+    return {job_id: holds_back(paused, canceled) for job_id, paused, canceled in rows if job_id is not None}
+
+
+def holds_back(paused_reason: str | None, canceled: str | None) -> str | None:
+    """Why a batch in this standing sends nothing now (``paused`` or ``canceled``), or None."""
+    return "canceled" if canceled else "paused" if paused_reason and paused_reason != BUDGET_REACHED else None
 
 
 def canceled_running(session: Session, job_ids: Collection[int]) -> set[int]:

@@ -59,7 +59,7 @@ _HOLD = (
     .values(holder=bindparam("set_holder"), updated_at=bindparam("set_updated_at"))
 )
 _JOB_AND_BATCH = (
-    select(JOBS.c.batch_id, _BATCHES.c.name, JOBS.c.seq, JOBS.c.name, JOBS.c.error, JOBS.c.account)
+    select(JOBS.c.batch_id, _BATCHES.c.name, JOBS.c.seq, JOBS.c.name, JOBS.c.error, JOBS.c.account, JOBS.c.state)
     .join(_BATCHES, _BATCHES.c.id == JOBS.c.batch_id)
     .where(JOBS.c.id == bindparam("job_id"))
 )
@@ -73,7 +73,7 @@ _RECORDED = select(_ASSETS.c.index).where(_ASSETS.c.job_id == bindparam("job_id"
 _TYPES = {"PNG": ("image/png", "png"), "JPEG": ("image/jpeg", "jpg"), "WEBP": ("image/webp", "webp")}
 
 
-def collect_job(runtime: Runtime, job_id: int) -> int | None:
+def collect_job(runtime: Runtime, job_id: int, *, held: bool = False) -> int | None:
     """Store every picture of a collecting job and mark it succeeded (or failed, when some of its
     provider tasks made no picture); the id of its batch, for the caller to finish it if it was the
     last. None if the job was not collecting, or another delivery of the collect ended it meanwhile.
@@ -83,13 +83,18 @@ def collect_job(runtime: Runtime, job_id: int) -> int | None:
     last records the last picture and moves the job. Any picture before the last is recorded as soon
     as it is stored, so a collect repeated after a crash fetches only what was not recorded. The
     rows are read as plain columns: a collect runs once for every job, and loading ORM objects
-    would cost more than the statements themselves.
+    would cost more than the statements themselves. ``held``: this process was named the holder
+    already (``hold_collecting``), and the first transaction only reads.
     """
     with session_scope(runtime.engine) as session:
-        held = session.execute(_HOLD, {"where_id": job_id, "set_holder": holder_id(), "set_updated_at": utcnow()})
-        if held.rowcount != 1:  # type: ignore[attr-defined]
+        if not held:
+            holding = {"where_id": job_id, "set_holder": holder_id(), "set_updated_at": utcnow()}
+            if session.execute(_HOLD, holding).rowcount != 1:  # type: ignore[attr-defined]
+                return None
+        found = session.execute(_JOB_AND_BATCH, {"job_id": job_id}).first()
+        if found is None or found.state != JobState.COLLECTING.value:
             return None
-        batch_id, batch_name, seq, name, error, account = session.execute(_JOB_AND_BATCH, {"job_id": job_id}).one()
+        batch_id, batch_name, seq, name, error, account, _ = found
         tasks = session.execute(_TASKS_OF, {"job_id": job_id}).all()
         done = set(session.execute(_RECORDED, {"job_id": job_id}).scalars())
     urls = [image["url"] for _, _, images in tasks for image in images]

@@ -2,7 +2,10 @@
 
 Its results (``results.jsonl``, ``results.csv``, ``errors.csv``) are written before the batch row
 changes, so a batch marked final always has them; its sprite sheets before them and its report after
-(``jobs.outputs``). Two workers finishing the same batch write the same bytes.
+(``jobs.outputs``). One worker at a time writes them (a claim in Redis, ``FINISHING_SECONDS`` long):
+the last collect and the reconciler often find a batch done at the same moment, and a report of a
+large batch costs seconds. Should the claim's holder die, the next finisher after it runs out writes
+the same bytes.
 """
 
 from __future__ import annotations
@@ -16,20 +19,25 @@ from sqlalchemy import Table, bindparam, func, update
 from sqlmodel import Session, col, select
 
 from jobs.db import session_scope
-from jobs.errors import GenqError
+from jobs.errors import GenqError, RedisUnavailable
 from jobs.lifecycle import FINAL, JOBS, BatchState, JobState
 from jobs.models import RATE_LIMITED, Batch, Job, JobEvent, ProviderTask, utcnow
 from jobs.outputs import plan_sheets, sheet_of, write_sheets
+from jobs.rediscalls import talking_to_redis
 from jobs.report import AccountFigures, RunFigures, write_report
 from jobs.results import RowResult, row_results, write_results
 from jobs.retry import retry_spec
 from jobs.spec import JobSpec
+from workers.liveness import holder_id
 from workers.plan import Plan, plan_batch
 from workers.providers import ADAPTERS
 from workers.providers.base import Cost
 from workers.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+FINISHING_SECONDS = 120
+"""How long one worker's claim to write a batch's outputs holds, should it die before it lets go."""
 
 
 def job_ended(runtime: Runtime, job_id: int) -> None:
@@ -79,14 +87,37 @@ def finish_batch_if_done(runtime: Runtime, batch_id: int) -> bool:
         state = BatchState.CANCELED
     else:
         state = BatchState.SUCCEEDED if set(counts) <= {JobState.SUCCEEDED.value} else BatchState.FAILED
-    results_key = write_outputs(runtime, batch)
-    with session_scope(runtime.engine) as session:
-        moved = session.execute(
-            update(Batch)
-            .where(col(Batch.id) == batch_id, col(Batch.state) == BatchState.RUNNING.value)
-            .values(state=state.value, finished_at=utcnow(), manifest_key=results_key)
-        )
-        return bool(moved.rowcount == 1)  # type: ignore[attr-defined]
+    claim = f"genq:finishing:{batch_id}"
+    if not _claim(runtime, claim):
+        return False
+    try:
+        results_key = write_outputs(runtime, batch)
+        with session_scope(runtime.engine) as session:
+            moved = session.execute(
+                update(Batch)
+                .where(col(Batch.id) == batch_id, col(Batch.state) == BatchState.RUNNING.value)
+                .values(state=state.value, finished_at=utcnow(), manifest_key=results_key)
+            )
+            return bool(moved.rowcount == 1)  # type: ignore[attr-defined]
+    finally:
+        _release(runtime, claim)
+
+
+def _claim(runtime: Runtime, claim: str) -> bool:
+    """Whether this worker may write the batch's outputs now; without Redis, it may (the same bytes)."""
+    try:
+        with talking_to_redis("claiming a batch's finish"):
+            return bool(runtime.redis.set(claim, holder_id(), nx=True, ex=FINISHING_SECONDS))
+    except RedisUnavailable:
+        return True
+
+
+def _release(runtime: Runtime, claim: str) -> None:
+    try:
+        with talking_to_redis("releasing a batch's finish"):
+            runtime.redis.delete(claim)
+    except RedisUnavailable:
+        log.warning("the claim %s was not released; it runs out in %d s", claim, FINISHING_SECONDS)
 
 
 def write_outputs(runtime: Runtime, batch: Batch) -> str:

@@ -24,8 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import Enum
+from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Table, bindparam, update
 from sqlmodel import Session, col, select
 
 from jobs.accounts import Account
@@ -254,8 +255,25 @@ def _poll(
     with Session(runtime.engine) as session:
         specs = session.exec(select(Job.id, Job.spec).where(col(Job.id).in_({task.job_id for task in tasks}))).all()
     models: dict[int, str | None] = {job_id: spec.get("model") for job_id, spec in specs if job_id is not None}
+    running: list[tuple[ProviderTask, float, bool]] = []
+    ended: list[tuple[ProviderTask, Finished | TaskFailed]] = []
     for task in tasks:
-        _record(runtime, task, statuses.get(task.remote_id), result, models.get(task.job_id))
+        status = statuses.get(task.remote_id)
+        model = models.get(task.job_id)
+        learn(runtime, task, status, model)
+        if status is None or isinstance(status, StillRunning):
+            running.append((task, runtime.timing.first_poll_delay(task.provider, model), status is not None))
+        else:
+            ended.append((task, status))
+    # What one request found is written in one transaction.
+    now = utcnow()
+    with session_scope(runtime.engine) as session:
+        for task, learned, found_running in running:
+            # If the fleet learned meanwhile that tasks take longer than this one was given, wait for that.
+            age = (now - task.submitted_at).total_seconds()
+            _reschedule_in(session, runtime, [task], None, learned, at_least=learned - age,
+                           polled_at=now if found_running else None)  # fmt: skip
+        _end_in(session, ended, result)
     return result
 
 
@@ -293,65 +311,85 @@ def _after_poll_error(
         _reschedule(runtime, tasks, None)
 
 
-def _record(
-    runtime: Runtime, task: ProviderTask, status: TaskStatus | None, result: PollResult, model: str | None
-) -> None:
-    """Write what a poll found, noting in ``result`` a job that is ready or has failed."""
-    now = utcnow()
-    age = (now - task.submitted_at).total_seconds()
-    if isinstance(status, Finished):
-        # Learned as of when this poll was due, not when it ran: a wait for the key's allowance says
-        # nothing of the picture.
-        due = age if task.poll_due_at is None else min(age, (task.poll_due_at - task.submitted_at).total_seconds())
-        previous = None if task.last_polled_at is None else (task.last_polled_at - task.submitted_at).total_seconds()
-        runtime.timing.observe_finished(task.provider, model, due=due, previous=previous)
-    if status is None or isinstance(status, StillRunning):
-        learned = runtime.timing.first_poll_delay(task.provider, model)
-        # If the fleet learned meanwhile that tasks take longer than this one was given, wait for that.
-        running_at = now if isinstance(status, StillRunning) else None
-        _reschedule(runtime, [task], None, learned, at_least=learned - age, polled_at=running_at)
+def learn(runtime: Runtime, task: ProviderTask, status: TaskStatus | None, model: str | None) -> None:
+    """Teach the fleet's first-poll delay what a poll that found the task done proves."""
+    if not isinstance(status, Finished):
         return
-    end_task(runtime, task, status, result)
+    age = (utcnow() - task.submitted_at).total_seconds()
+    # Learned as of when this poll was due, not when it ran: a wait for the key's allowance says
+    # nothing of the picture.
+    due = age if task.poll_due_at is None else min(age, (task.poll_due_at - task.submitted_at).total_seconds())
+    previous = None if task.last_polled_at is None else (task.last_polled_at - task.submitted_at).total_seconds()
+    runtime.timing.observe_finished(task.provider, model, due=due, previous=previous)
 
 
 def end_task(runtime: Runtime, task: ProviderTask, status: Finished | TaskFailed, result: PollResult) -> None:
     """Record a provider task's end and, once none of its job's tasks runs, move the job on
-    (``after_tasks``).
-
-    The job's row is locked (on PostgreSQL) before its tasks are read: two polls ending the last two
-    tasks of one job at once would otherwise each see the other still running, and neither move it.
-    """
-    now = utcnow()
-    if isinstance(status, Finished):
-        images = [{"url": image.url} for image in status.images]
-        values = {"state": TaskState.SUCCEEDED.value, "images": images}
-    else:
-        values = {"state": TaskState.FAILED.value, "error": status.reason}
+    (``after_tasks``)."""
     with session_scope(runtime.engine) as session:
-        lock_job(session, task.job_id)
-        moved = session.execute(
-            update(ProviderTask)
-            .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == TaskState.RUNNING.value)
-            .values(**values, finished_at=now, polls=task.polls + 1, poll_errors=0)
-        )
-        if moved.rowcount != 1:  # type: ignore[attr-defined]
-            return
-        moved_to = after_tasks(session, task.job_id)
+        _end_in(session, [(task, status)], result)
+
+
+def _end_in(session: Session, ended: Sequence[tuple[ProviderTask, Finished | TaskFailed]], result: PollResult) -> None:
+    """``end_task`` for several tasks, in the caller's transaction.
+
+    The jobs' rows are locked (on PostgreSQL) before their tasks are read, in the order of their ids:
+    two polls ending the last two tasks of one job at once would otherwise each see the other still
+    running, and neither move it; taken in one order, two polls' locks cannot deadlock.
+    """
+    if not ended:
+        return
+    now = utcnow()
+    for job_id in sorted({task.job_id for task, _ in ended}):
+        lock_job(session, job_id)
+    moved_jobs: list[int] = []
+    for task, status in ended:
+        common = {"where_id": task.id, "set_finished_at": now, "set_polls": task.polls + 1}
+        if isinstance(status, Finished):
+            images = [{"url": image.url} for image in status.images]
+            moved = session.execute(_SUCCEEDED, common | {"set_images": images})
+        else:
+            moved = session.execute(_FAILED, common | {"set_error": status.reason})
+        if moved.rowcount == 1 and task.job_id not in moved_jobs:  # type: ignore[attr-defined]
+            moved_jobs.append(task.job_id)
+    for job_id, moved_to in after_all_tasks(session, moved_jobs).items():
         if moved_to is JobState.COLLECTING:
-            result.ready.append(task.job_id)
+            result.ready.append(job_id)
         elif moved_to is JobState.FAILED:
-            result.failed.append(task.job_id)
+            result.failed.append(job_id)
+
+
+_TASKS: Table = ProviderTask.__table__  # type: ignore[attr-defined]
+# A poll ends every task: its statements are built once, and given their values.
+_ENDING = update(_TASKS).where(_TASKS.c.id == bindparam("where_id"), _TASKS.c.state == TaskState.RUNNING.value)
+_ENDED = {"finished_at": bindparam("set_finished_at"), "polls": bindparam("set_polls"), "poll_errors": 0}
+_SUCCEEDED = _ENDING.values(state=TaskState.SUCCEEDED.value, images=bindparam("set_images"), **_ENDED)
+_FAILED = _ENDING.values(state=TaskState.FAILED.value, error=bindparam("set_error"), **_ENDED)
+_TASKS_OF_JOBS = (
+    select(_TASKS.c.job_id, _TASKS.c.state, _TASKS.c.error, _TASKS.c.account)
+    .where(_TASKS.c.job_id.in_(bindparam("job_ids", expanding=True)))
+    .order_by(_TASKS.c.job_id, _TASKS.c.index)
+)
 
 
 def after_tasks(session: Session, job_id: int) -> JobState | None:
     """Move a running job whose tasks have all ended: to be collected when any picture was made (a
     paid picture is kept even when a sibling failed; the job then ends failed, its pictures stored),
     else failed with the first task's reason. None while a task still runs, or if it moved already."""
-    tasks = session.exec(
-        select(ProviderTask.state, ProviderTask.error, ProviderTask.account)
-        .where(col(ProviderTask.job_id) == job_id)
-        .order_by(col(ProviderTask.index))
-    ).all()
+    return after_all_tasks(session, [job_id]).get(job_id)
+
+
+def after_all_tasks(session: Session, job_ids: Sequence[int]) -> dict[int, JobState | None]:
+    """``after_tasks`` for several jobs, their tasks read in one statement."""
+    if not job_ids:
+        return {}
+    tasks: dict[int, list[tuple[str, str | None, str]]] = {job_id: [] for job_id in job_ids}
+    for job_id, state, error, account in session.execute(_TASKS_OF_JOBS, {"job_ids": list(job_ids)}):
+        tasks[job_id].append((state, error, account))
+    return {job_id: _after(session, job_id, its_tasks) for job_id, its_tasks in tasks.items()}
+
+
+def _after(session: Session, job_id: int, tasks: Sequence[tuple[str, str | None, str]]) -> JobState | None:
     if any(state == TaskState.RUNNING.value for state, _, _ in tasks):
         return None
     failures = [f"{account}: {error}" for state, error, account in tasks if state == TaskState.FAILED.value]
@@ -371,6 +409,15 @@ def lock_job(session: Session, job_id: int) -> None:
 
 
 def _reschedule(
+    runtime: Runtime, tasks: Sequence[ProviderTask], wait: float | None, first: float | None = None, **options: Any
+) -> None:
+    """``_reschedule_in``, in a transaction of its own."""
+    with session_scope(runtime.engine) as session:
+        _reschedule_in(session, runtime, tasks, wait, first, **options)
+
+
+def _reschedule_in(
+    session: Session,
     runtime: Runtime,
     tasks: Sequence[ProviderTask],
     wait: float | None,
@@ -385,23 +432,22 @@ def _reschedule(
     only it sets when the poll is due (``poll_due_at``); a wait moves the poll, not its due time.
     ``polled_at``: when this poll found the tasks still running."""
     now = utcnow()
-    with session_scope(runtime.engine) as session:
-        for task in tasks:
-            values: dict[str, object] = {"poll_errors": poll_errors}
-            if wait is None:
-                start = runtime.timing.default_delay(task.provider) if first is None else first
-                age = (now - task.submitted_at).total_seconds()
-                delay = max(next_poll_delay(runtime.settings, task.polls + 1, start, age=age), at_least)
-                values |= {"polls": task.polls + 1, "poll_due_at": now + timedelta(seconds=delay)}
-            else:
-                delay = max(wait, at_least)
-            if polled_at is not None:
-                values["last_polled_at"] = polled_at
-            session.execute(
-                update(ProviderTask)
-                .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == TaskState.RUNNING.value)
-                .values(next_poll_at=now + timedelta(seconds=delay), **values)
-            )
+    for task in tasks:
+        values: dict[str, object] = {"poll_errors": poll_errors}
+        if wait is None:
+            start = runtime.timing.default_delay(task.provider) if first is None else first
+            age = (now - task.submitted_at).total_seconds()
+            delay = max(next_poll_delay(runtime.settings, task.polls + 1, start, age=age), at_least)
+            values |= {"polls": task.polls + 1, "poll_due_at": now + timedelta(seconds=delay)}
+        else:
+            delay = max(wait, at_least)
+        if polled_at is not None:
+            values["last_polled_at"] = polled_at
+        session.execute(
+            update(ProviderTask)
+            .where(col(ProviderTask.id) == task.id, col(ProviderTask.state) == TaskState.RUNNING.value)
+            .values(next_poll_at=now + timedelta(seconds=delay), **values)
+        )
 
 
 def next_poll_delay(settings: Settings, polls: int, first: float, *, age: float) -> float:

@@ -17,13 +17,14 @@ from enum import Enum
 from functools import partial
 from typing import Any
 
-from sqlmodel import Session, col, select
+from sqlalchemy import Table, bindparam, func, insert, or_, select
+from sqlmodel import Session
 
-from jobs.control import CANCELED_REASON, account_pauses, admissible
+from jobs.control import CANCELED_REASON, holds_back
 from jobs.db import session_scope, upsert_insert, while_the_database_is_back
 from jobs.errors import RedisUnavailable
-from jobs.lifecycle import JobState, TaskState, move
-from jobs.models import RATE_LIMITED, AccountBalance, Job, JobEvent, ProviderTask, utcnow
+from jobs.lifecycle import JOBS, JobState, TaskState, move
+from jobs.models import RATE_LIMITED, AccountBalance, AccountPause, Batch, JobEvent, ProviderTask, utcnow
 from jobs.rediscalls import talking_to_redis
 from jobs.spec import JobSpec
 from workers.liveness import holder_id
@@ -94,22 +95,79 @@ class AfterSubmit:
     """Send the same message again after this many seconds (the allowance is spent or paused)."""
     collect: bool = False
     """The pictures came with the answer (a synchronous provider): collect them now."""
+    ended: bool = False
+    """The job may have ended here (failed, canceled), and its batch with it. A job sent on its way
+    did not: its batch is not looked at."""
+
+
+@dataclass(frozen=True)
+class Queued:
+    """The columns of a job that sending it needs, read as plain values: a submit is the step every
+    job takes, and an ORM object costs more to build than the statement that reads it."""
+
+    id: int
+    provider: str
+    account: str
+    pinned_account: str | None
+    spec: dict[str, Any]
+    attempts: int
+    rotations: int
+    lost_answers: int
+
+
+_BATCHES: Table = Batch.__table__  # type: ignore[attr-defined]
+_TASKS: Table = ProviderTask.__table__  # type: ignore[attr-defined]
+_PAUSES: Table = AccountPause.__table__  # type: ignore[attr-defined]
+# Built once: the job, whether its batch holds it back, and whether its account is paused by hand.
+_TO_SEND = (
+    select(
+        JOBS.c.state,
+        JOBS.c.provider,
+        JOBS.c.account,
+        JOBS.c.pinned_account,
+        JOBS.c.spec,
+        JOBS.c.attempts,
+        JOBS.c.rotations,
+        JOBS.c.lost_answers,
+        _BATCHES.c.paused_reason,
+        _BATCHES.c.canceled,
+        select(func.count())
+        .where(
+            _PAUSES.c.account == JOBS.c.account,
+            or_(_PAUSES.c.until.is_(None), _PAUSES.c.until > bindparam("now")),
+        )
+        .scalar_subquery()
+        .label("paused_by_hand"),
+    )
+    .join(_BATCHES, _BATCHES.c.id == JOBS.c.batch_id)
+    .where(JOBS.c.id == bindparam("job_id"))
+)
 
 
 def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
     """Send the job if it is still queued, and record what the provider answered."""
-    with Session(runtime.engine) as session:
-        job = session.get(Job, job_id)
-    if job is None or job.state != JobState.QUEUED or job.account is None:
-        return AfterSubmit()
-    account = runtime.accounts.get(job.account)
-    if account is None or not _may_send(runtime, job):
-        return AfterSubmit()
-    provider = runtime.provider(account.name)
     now = utcnow()
-    spec = JobSpec.model_validate(job.spec)
-    lease = now + timedelta(seconds=provider.submit_timeout(spec) + runtime.settings.lease_margin)
     with session_scope(runtime.engine) as session:
+        # Read, looked over and claimed in one transaction, the reading in one statement.
+        row = session.execute(_TO_SEND, {"job_id": job_id, "now": now}).first()
+        if row is None or row.state != JobState.QUEUED.value or row.account is None:
+            return AfterSubmit()
+        job = Queued(job_id, row.provider, row.account, row.pinned_account, row.spec, row.attempts, row.rotations,
+                     row.lost_answers)  # fmt: skip
+        account = runtime.accounts.get(job.account)
+        if account is None:
+            return AfterSubmit(ended=True)
+        held = holds_back(row.paused_reason, row.canceled)
+        if held == "canceled":
+            move(session, job_id, JobState.QUEUED, JobState.CANCELED, error=CANCELED_REASON, credits=None)
+            return AfterSubmit(ended=True)
+        if held is not None or row.paused_by_hand:
+            # Claimed before its batch was paused or its account paused by hand: back to waiting.
+            move(session, job_id, JobState.QUEUED, JobState.PENDING, account=job.pinned_account, credits=None)
+            return AfterSubmit()
+        provider = runtime.provider(account.name)
+        spec = JobSpec.model_validate(job.spec)
+        lease = now + timedelta(seconds=provider.submit_timeout(spec) + runtime.settings.lease_margin)
         # ``sent_at`` is written now, a Redis call before the request leaves, not in a write of its own.
         claimed = move(
             session, job_id, JobState.QUEUED, JobState.SUBMITTING, holder=holder_id(), lease_until=lease, sent_at=now
@@ -130,27 +188,12 @@ def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
     try:
         submitted = provider.submit(spec)
     except ProviderError as error:
-        return AfterSubmit(wait=while_the_database_is_back(partial(_after_error, runtime, job, error)))
+        wait = while_the_database_is_back(partial(_after_error, runtime, job, error))
+        return AfterSubmit(wait=wait, ended=wait is None)
     return AfterSubmit(collect=while_the_database_is_back(partial(record_submitted, runtime, job, submitted)))
 
 
-def _may_send(runtime: Runtime, job: Job) -> bool:
-    """Whether a queued job may be sent now. Claimed before its batch was paused or canceled, or its
-    account paused by hand (or dropped from the accounts file), it is not sent: it goes back to
-    waiting, or is canceled with its batch."""
-    assert job.id is not None and job.account is not None
-    with session_scope(runtime.engine) as session:
-        held = admissible(session, [job.id]).get(job.id)
-        if held == "canceled":
-            move(session, job.id, JobState.QUEUED, JobState.CANCELED, error=CANCELED_REASON, credits=None)
-            return False
-        if held is not None or job.account not in runtime.accounts or job.account in account_pauses(session):
-            move(session, job.id, JobState.QUEUED, JobState.PENDING, account=job.pinned_account, credits=None)
-            return False
-    return True
-
-
-def _not_now(runtime: Runtime, job: Job, wait: float) -> AfterSubmit:
+def _not_now(runtime: Runtime, job: Queued, wait: float) -> AfterSubmit:
     """The key has no request to spare: back to queued, leased for the wait, or back to pending for
     another account when this one is out of rotation."""
     assert job.id is not None
@@ -167,7 +210,7 @@ def _not_now(runtime: Runtime, job: Job, wait: float) -> AfterSubmit:
 
 
 def record_submitted(
-    runtime: Runtime, job: Job, submitted: Submitted, *, source: JobState = JobState.SUBMITTING
+    runtime: Runtime, job: Queued, submitted: Submitted, *, source: JobState = JobState.SUBMITTING
 ) -> bool:
     """Record the provider tasks a submit started; True when they are finished already.
 
@@ -201,19 +244,34 @@ def record_submitted(
                 session.add(JobEvent(job_id=job.id, event="answer arrived late", detail="taken as the job's after all"))
         if not moved:
             # Written already by an attempt whose commit was not acknowledged (the database restarting)?
-            stored = session.exec(select(Job.state).where(col(Job.id) == job.id)).first()
-            has_tasks = session.exec(select(ProviderTask.id).where(col(ProviderTask.job_id) == job.id)).first()
+            stored = session.execute(select(JOBS.c.state).where(JOBS.c.id == job.id)).scalar()
+            has_tasks = session.execute(select(_TASKS.c.id).where(_TASKS.c.job_id == job.id)).first()
             return stored == target and has_tasks is not None and target is JobState.COLLECTING
-        session.add_all(tasks)
+        session.execute(insert(_TASKS), tasks)
     if isinstance(submitted, Started) and submitted.credits_remaining is not None:
         with session_scope(runtime.engine) as session:
             record_balance(session, job.account, job.provider, submitted.credits_remaining)
     return target is JobState.COLLECTING
 
 
-def _task(job: Job, now: datetime, **values: Any) -> ProviderTask:
-    assert job.id is not None and job.account is not None
-    return ProviderTask(job_id=job.id, account=job.account, provider=job.provider, submitted_at=now, **values)
+def _task(job: Queued, now: datetime, **values: Any) -> dict[str, Any]:
+    """A ``ProviderTask`` row's values, every column given (a plain insert runs no model defaults)."""
+    row: dict[str, Any] = {
+        "job_id": job.id,
+        "account": job.account,
+        "provider": job.provider,
+        "state": TaskState.RUNNING.value,
+        "images": [],
+        "error": None,
+        "polls": 0,
+        "poll_errors": 0,
+        "submitted_at": now,
+        "next_poll_at": now,
+        "poll_due_at": None,
+        "last_polled_at": None,
+        "finished_at": None,
+    }
+    return row | values
 
 
 def record_balance(session: Session, account: str, provider: str, credits: float) -> None:
@@ -240,7 +298,7 @@ def _pause(runtime: Runtime, account: str, seconds: float, why: str, *, out_of_r
         log.warning("account %s not paused (%s): %s", account, why, error)
 
 
-def _after_error(runtime: Runtime, job: Job, error: ProviderError) -> float | None:
+def _after_error(runtime: Runtime, job: Queued, error: ProviderError) -> float | None:
     assert job.id is not None and job.account is not None
     step = next_step(error)
     reason = f"{job.account}: {error}"

@@ -32,6 +32,8 @@ from workers.settle import Settled, settle
 from workers.submission import submit_job
 
 COLLECT_RETRIES = 5
+SPREAD = 32
+"""The fewest messages a round's submits go out in, when it queued more jobs than this (``in_messages``)."""
 INLINE_COLLECT_SECONDS = 5.0
 """Seconds a poll (or a submit) may spend collecting what it found ready before it sends the rest
 out as collect messages (``collect_now``)."""
@@ -138,21 +140,39 @@ def dispatch_task(self: GenqTask) -> int:
     queued = dispatch(self.runtime)
     # One connection from the pool for the whole round, not one taken and given back per message.
     with app.producer_or_acquire() as producer:
-        for job_id in queued:
-            submit_task.apply_async((job_id,), producer=producer)
+        for job_ids in in_messages(queued):
+            submit_task.apply_async((job_ids,), producer=producer)
     return len(queued)
 
 
+def in_messages(job_ids: Sequence[int], spread: int = SPREAD) -> list[list[int]]:
+    """The jobs of a round in messages: one job each, unless the round queued more than ``spread``
+    (a key with a high limit, or a fleet just started); then ``spread`` messages share them, in order.
+    A message costs the worker about as much as a small job, and ``spread`` messages still keep
+    that many threads busy at once."""
+    size = max(1, -(-len(job_ids) // spread))
+    return [list(job_ids[start : start + size]) for start in range(0, len(job_ids), size)]
+
+
 @app.task(name="genq.submit", base=GenqTask, bind=True)
-def submit_task(self: GenqTask, job_id: int) -> None:
-    after = submit_job(self.runtime, job_id)
-    if after.wait is not None:
-        # Waiting for the rate limit is not a retry: the same message comes back, retries untouched.
-        submit_task.apply_async((job_id,), countdown=min(after.wait, MAX_COUNTDOWN))
-    elif after.collect:
-        collect_now(self.runtime, [job_id])
-    else:
-        job_ended(self.runtime, job_id)
+def submit_task(self: GenqTask, job_ids: Sequence[int] | int) -> None:
+    """Send each job in turn (a message from before jobs were grouped carries one id)."""
+    job_ids = [job_ids] if isinstance(job_ids, int) else list(job_ids)
+    ready: list[int] = []
+    for position, job_id in enumerate(job_ids):
+        after = submit_job(self.runtime, job_id)
+        if after.wait is not None:
+            # Waiting for the rate limit is not a retry: the same jobs come back, retries untouched. The
+            # key that has no request for this job has none for the jobs after it either.
+            rest = job_ids[position:]
+            submit_task.apply_async((rest,), countdown=min(after.wait, MAX_COUNTDOWN))
+            break
+        if after.collect:
+            ready.append(job_id)
+        elif after.ended:
+            job_ended(self.runtime, job_id)
+    # Pictures a synchronous provider sent back are collected once every request of the message is out.
+    collect_now(self.runtime, ready)
 
 
 @app.task(name="genq.sweep", base=GenqTask, bind=True)
@@ -183,26 +203,32 @@ def collect_task(self: GenqTask, job_id: int) -> None:
 
 def collect_step(runtime: Runtime, job_id: int, *, attempt: int) -> float | None:
     """Collect the job (its ``attempt``-th try, from 0) and finish its batch if it was the last; or,
-    where fetching again can help, the seconds after which to try again.
+    where fetching again can help, the seconds after which to try again."""
+    retry_in, batch_id = _collect(runtime, job_id, attempt=attempt, held=False)
+    if batch_id is not None:
+        finish_batch_if_done(runtime, batch_id)
+    elif retry_in is None:  # it failed here, or was not ours to end: its row says whether it ended
+        job_ended(runtime, job_id)
+    return retry_in
+
+
+def _collect(runtime: Runtime, job_id: int, *, attempt: int, held: bool) -> tuple[float | None, int | None]:
+    """Collect the job: the seconds after which to try again (None when not), and the batch to finish
+    when the job succeeded here (None when it did not, or failed).
 
     A refusal that fetching again cannot help fails the job at once; a failed download, or a store
     that refused a write, is tried again, then the job fails with why (never left collecting).
     """
     try:
-        batch_id = collect_job(runtime, job_id)
+        return None, collect_job(runtime, job_id, held=held)
     except (PictureRefused, StorageError) as error:
         final = isinstance(error, PictureRefused) and error.final
         if not final and attempt < COLLECT_RETRIES:
             countdown = min(max(2**attempt, getattr(error, "retry_after", 0.0)), MAX_COUNTDOWN)
             collect_failed(runtime, job_id, error, retry_in=countdown)
-            return countdown
+            return countdown, None
         collect_failed(runtime, job_id, error, retry_in=None)
-        batch_id = None
-    if batch_id is not None:
-        finish_batch_if_done(runtime, batch_id)
-    else:  # it failed here, or was not ours to end: its row says whether it ended
-        job_ended(runtime, job_id)
-    return None
+        return None, None
 
 
 def collect_now(runtime: Runtime, job_ids: Sequence[int]) -> None:
@@ -214,16 +240,17 @@ def collect_now(runtime: Runtime, job_ids: Sequence[int]) -> None:
     killed here leaves them to the reconciler, which collects them again at once. Once
     ``INLINE_COLLECT_SECONDS`` are spent (slow downloads), the rest go out as messages, to be fetched
     side by side; a try that failed goes out as the collect message's first retry, so a job is tried
-    as many times either way.
+    as many times either way. Each batch is looked at once, after the last of its jobs here.
     """
     hold_collecting(runtime, job_ids)
     started = time.monotonic()
+    finished: dict[int, None] = {}
     for job_id in job_ids:
         if time.monotonic() - started > INLINE_COLLECT_SECONDS:
             collect_task.delay(job_id)
             continue
         try:
-            retry_in = collect_step(runtime, job_id, attempt=0)
+            retry_in, batch_id = _collect(runtime, job_id, attempt=0, held=True)
         except Exception:
             # As a collect message that raised: the job stays collecting for the reconciler, and
             # the jobs after it in this poll are not held up by it.
@@ -231,13 +258,19 @@ def collect_now(runtime: Runtime, job_ids: Sequence[int]) -> None:
             continue
         if retry_in is not None:
             collect_task.apply_async((job_id,), countdown=retry_in, retries=1)
+        elif batch_id is not None:
+            finished[batch_id] = None
+        else:
+            job_ended(runtime, job_id)
+    for batch_id in finished:
+        finish_batch_if_done(runtime, batch_id)
 
 
 @app.task(name="genq.reconcile", base=GenqTask, bind=True)
 def reconcile_task(self: GenqTask, stale_after: float | None = None) -> dict[str, int]:
     found = reconcile(self.runtime, stale_after)
-    for job_id in found.resubmit:
-        submit_task.delay(job_id)
+    for job_ids in in_messages(found.resubmit):
+        submit_task.delay(job_ids)
     for job_id in found.recollect:
         collect_task.delay(job_id)
     for job_id in found.settle:
