@@ -4,6 +4,7 @@ reconciler, well before the heartbeat would have run out by itself."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -50,7 +51,9 @@ def prefork_worker(
     ]  # fmt: skip
     log = tmp_path / "worker.log"
     with log.open("wb") as handle:
-        worker = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+        # A session of its own: should the worker have to be killed, its pool processes go with it.
+        worker = subprocess.Popen(command, env={**os.environ, **env}, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+                                  start_new_session=True)  # fmt: skip
     try:
         wait_for("the worker to start", lambda: b"ready." in log.read_bytes(), worker, log)
         yield worker
@@ -61,6 +64,8 @@ def prefork_worker(
         except subprocess.TimeoutExpired:
             worker.kill()
             worker.wait()
+        with contextlib.suppress(ProcessLookupError):  # a pool process its main process left behind
+            os.killpg(worker.pid, signal.SIGKILL)
 
 
 def wait_for(what: str, condition: Callable[[], object], worker: subprocess.Popen[bytes], log: Path) -> None:
