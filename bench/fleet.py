@@ -20,6 +20,7 @@ import yaml
 
 from jobs.batchfile import parse_batch
 from jobs.db import make_engine, migrate
+from jobs.embedded import sandbox_first_poll
 from jobs.producer import produce
 from jobs.redisserver import EmbeddedRedis, client_url
 from jobs.settings import Settings
@@ -164,6 +165,9 @@ def fleet(
             **key_envs,
             "GENQ_DISPATCH_INTERVAL": "0.5",
             "GENQ_SWEEP_INTERVAL": "0.25",
+            # As ``genq run --sandbox``: a first wave is polled when the sandbox's pictures take, its
+            # provider's typical time, unless a section sets its own.
+            "GENQ_FIRST_POLL_DELAY": os.environ.get("GENQ_FIRST_POLL_DELAY", f"{sandbox_first_poll(config):g}"),
         }
         with scoped_environ(env):
             settings = Settings()

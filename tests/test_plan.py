@@ -38,9 +38,10 @@ def test_gencraft_polls_spend_the_allowance_unless_the_accounts_say_they_are_fre
     plan = plan_batch(spec, accounts, lambda provider, model: 20.0)
 
     [gencraft] = plan.providers
-    # The keys bind, so each poll of 20 ids waits its turn and finds its tasks done: 5 polls, counted.
-    assert (gencraft.submits, gencraft.polls, gencraft.limited_requests) == (100, 5, 105)
-    assert plan.seconds == 60 * 85 / 20 + 20
+    # The keys bind: polls of 20 ids, and for the tenth not done at their first poll one follow-up
+    # each, which waits its turn and finds them done: 6 polls, counted.
+    assert (gencraft.submits, gencraft.polls, gencraft.limited_requests) == (100, 6, 106)
+    assert plan.seconds == 60 * 86 / 20 + 20
 
 
 def test_a_paced_key_sends_no_more_at_once_than_its_pace_allows():
@@ -55,7 +56,7 @@ def test_a_paced_key_sends_no_more_at_once_than_its_pace_allows():
     assert burst.seconds == 60 * 145 / 120 + 20  # a whole minute's 120 at once
 
 
-def test_polls_that_wait_their_turn_in_a_spent_allowance_find_their_tasks_done():
+def test_follow_ups_that_wait_their_turn_in_a_spent_allowance_find_their_tasks_done():
     spec = parse_batch(("prompt,provider\n" + "a cat,girlgenerator\n" * 100).encode(), "cats.csv")
 
     [rate_bound] = plan_batch(spec, {"gg": account("gg", "girlgenerator", rpm=10, max_in_flight=50)},
@@ -63,7 +64,7 @@ def test_polls_that_wait_their_turn_in_a_spent_allowance_find_their_tasks_done()
     [slot_bound] = plan_batch(spec, {"gg": account("gg", "girlgenerator", rpm=600, max_in_flight=2)},
                               lambda p, m: 20.0).providers  # fmt: skip
 
-    assert rate_bound.polls == 100  # girlgenerator counts polls: each waits for the key, one a task
+    assert rate_bound.polls == 110  # a tenth missed at the first poll; the follow-up waits for the key
     assert slot_bound.polls == 115  # the polls come when tasks are likely done: a tenth need a follow-up or two
 
 
@@ -104,3 +105,14 @@ def test_a_sprite_job_counts_its_frames_and_polls_them_as_one_batch():
     [qtpixel] = plan_batch(spec, {"qp": account("qp", "qtpixel", rpm=60)}, lambda p, m: 10.0).providers
     assert (qtpixel.pictures, qtpixel.credits, qtpixel.submits) == (6, 6, 2)
     assert qtpixel.polls == 2  # 6 frames in batches of up to 4, a follow-up for some
+
+
+def test_a_paced_key_frees_each_minute_as_it_was_spent():
+    spec = parse_batch(("prompt,provider\n" + "a cat,girlgenerator\n" * 170).encode(), "cats.csv")
+    accounts = {"gg": account("gg", "girlgenerator", rpm=120, max_in_flight=16)}
+
+    [girl] = plan_batch(spec, accounts, lambda p, m: 3.0, spread=10).providers
+
+    assert (girl.submits, girl.polls) == (170, 187)  # a tenth missed, one follow-up each
+    # Two whole minutes of 120, then the last 117: 16 at once, the other 101 at 25 a 10 seconds.
+    assert girl.seconds == 2 * 60 + 10 * 101 / 25 + 3

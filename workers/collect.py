@@ -58,22 +58,40 @@ _HOLD = (
     .where(JOBS.c.id == bindparam("where_id"), JOBS.c.state == JobState.COLLECTING.value)
     .values(holder=bindparam("set_holder"), updated_at=bindparam("set_updated_at"))
 )
-_JOB_AND_BATCH = (
-    select(JOBS.c.batch_id, _BATCHES.c.name, JOBS.c.seq, JOBS.c.name, JOBS.c.error, JOBS.c.account, JOBS.c.state)
+_JOBS_AND_BATCHES = (
+    select(
+        JOBS.c.id, JOBS.c.batch_id, _BATCHES.c.name, JOBS.c.seq, JOBS.c.name, JOBS.c.error, JOBS.c.account, JOBS.c.state
+    )
     .join(_BATCHES, _BATCHES.c.id == JOBS.c.batch_id)
-    .where(JOBS.c.id == bindparam("job_id"))
+    .where(JOBS.c.id.in_(bindparam("job_ids", expanding=True)))
 )
 _TASKS_OF = (
-    select(_TASKS.c.state, _TASKS.c.error, _TASKS.c.images)
-    .where(_TASKS.c.job_id == bindparam("job_id"))
-    .order_by(_TASKS.c.index)
+    select(_TASKS.c.job_id, _TASKS.c.state, _TASKS.c.error, _TASKS.c.images)
+    .where(_TASKS.c.job_id.in_(bindparam("job_ids", expanding=True)))
+    .order_by(_TASKS.c.job_id, _TASKS.c.index)
 )
-_RECORDED = select(_ASSETS.c.index).where(_ASSETS.c.job_id == bindparam("job_id"))
+_RECORDED = select(_ASSETS.c.job_id, _ASSETS.c.index).where(_ASSETS.c.job_id.in_(bindparam("job_ids", expanding=True)))
 
 _TYPES = {"PNG": ("image/png", "png"), "JPEG": ("image/jpeg", "jpg"), "WEBP": ("image/webp", "webp")}
 
 
-def collect_job(runtime: Runtime, job_id: int, *, held: bool = False) -> int | None:
+@dataclass(frozen=True)
+class Collecting:
+    """What a collect needs of its job, read in the transaction that names this process its holder."""
+
+    batch_id: int
+    batch_name: str
+    seq: int
+    name: str | None
+    error: str | None
+    account: str | None
+    tasks: list[tuple[str, str | None, list[dict[str, Any]]]]
+    """Each provider task's state, error and images, in order."""
+    recorded: set[int]
+    """The indexes of the pictures recorded already (by an earlier delivery of the collect)."""
+
+
+def collect_job(runtime: Runtime, job_id: int, *, held: Collecting | None = None) -> int | None:
     """Store every picture of a collecting job and mark it succeeded (or failed, when some of its
     provider tasks made no picture); the id of its batch, for the caller to finish it if it was the
     last. None if the job was not collecting, or another delivery of the collect ended it meanwhile.
@@ -83,30 +101,28 @@ def collect_job(runtime: Runtime, job_id: int, *, held: bool = False) -> int | N
     last records the last picture and moves the job. Any picture before the last is recorded as soon
     as it is stored, so a collect repeated after a crash fetches only what was not recorded. The
     rows are read as plain columns: a collect runs once for every job, and loading ORM objects
-    would cost more than the statements themselves. ``held``: this process was named the holder
-    already (``hold_collecting``), and the first transaction only reads.
+    would cost more than the statements themselves. ``held``: what ``hold_collecting`` read when it
+    named this process the holder already; then the first transaction is not needed.
     """
-    with session_scope(runtime.engine) as session:
-        if not held:
+    if held is None:
+        with session_scope(runtime.engine) as session:
             holding = {"where_id": job_id, "set_holder": holder_id(), "set_updated_at": utcnow()}
             if session.execute(_HOLD, holding).rowcount != 1:  # type: ignore[attr-defined]
                 return None
-        found = session.execute(_JOB_AND_BATCH, {"job_id": job_id}).first()
-        if found is None or found.state != JobState.COLLECTING.value:
+            held = _collecting(session, [job_id]).get(job_id)
+        if held is None:
             return None
-        batch_id, batch_name, seq, name, error, account, _ = found
-        tasks = session.execute(_TASKS_OF, {"job_id": job_id}).all()
-        done = set(session.execute(_RECORDED, {"job_id": job_id}).scalars())
+    tasks = held.tasks
     urls = [image["url"] for _, _, images in tasks for image in images]
-    todo = [index for index in range(len(urls)) if index not in done]
-    folder, stem = batch_folder(batch_id, batch_name), name or f"{seq:05d}"
+    todo = [index for index in range(len(urls)) if index not in held.recorded]
+    folder, stem = batch_folder(held.batch_id, held.batch_name), held.name or f"{held.seq:05d}"
     last: dict[str, Any] | None = None
     for index in todo:
         url = urls[index]
         try:
             data = download(runtime, url)
         except PictureRateLimited as limited:
-            pause_if_own_host(runtime, account, limited)
+            pause_if_own_host(runtime, held.account, limited)
             raise
         try:
             picture = check_picture(data, max_pixels=runtime.settings.max_image_pixels)
@@ -125,25 +141,45 @@ def collect_job(runtime: Runtime, job_id: int, *, held: bool = False) -> int | N
         if last is not None:
             _add_once(session, last)
         if missing:  # the pictures that were made are kept; the job did not make all it asked for
-            reason = error or f"{len(missing)} of {len(tasks)} tasks made no picture: {missing[0][1]}"
+            reason = held.error or f"{len(missing)} of {len(tasks)} tasks made no picture: {missing[0][1]}"
             moved = move(session, job_id, JobState.COLLECTING, JobState.FAILED, error=reason, holder=None)
         else:
             moved = move(session, job_id, JobState.COLLECTING, JobState.SUCCEEDED, error=None, holder=None)
-    return batch_id if moved else None
+    return held.batch_id if moved else None
 
 
-def hold_collecting(runtime: Runtime, job_ids: Sequence[int]) -> None:
+def hold_collecting(runtime: Runtime, job_ids: Sequence[int]) -> dict[int, Collecting]:
     """Name this process the holder of those of the jobs that are collecting, in one statement, before
     any of them is collected: should the process die while it collects them one after another, the
-    reconciler takes every one of them at once, not only the one in hand."""
+    reconciler takes every one of them at once, not only the one in hand. What each collect needs
+    is read in the same transaction, for all of them at once; the jobs not collecting are left out."""
     if not job_ids:
-        return
+        return {}
     with session_scope(runtime.engine) as session:
         session.execute(
             update(JOBS)
             .where(JOBS.c.id.in_(job_ids), JOBS.c.state == JobState.COLLECTING.value)
             .values(holder=holder_id(), updated_at=utcnow())
         )
+        return _collecting(session, job_ids)
+
+
+def _collecting(session: Session, job_ids: Sequence[int]) -> dict[int, Collecting]:
+    """What the collect of each of the jobs still collecting needs, in three statements for them all."""
+    jobs = session.execute(_JOBS_AND_BATCHES, {"job_ids": list(job_ids)}).all()
+    tasks: dict[int, list[tuple[str, str | None, list[dict[str, Any]]]]] = {}
+    for job_id, state, error, images in session.execute(_TASKS_OF, {"job_ids": list(job_ids)}):
+        tasks.setdefault(job_id, []).append((state, error, images))
+    recorded: dict[int, set[int]] = {}
+    for job_id, index in session.execute(_RECORDED, {"job_ids": list(job_ids)}):
+        recorded.setdefault(job_id, set()).add(index)
+    return {
+        job_id: Collecting(
+            batch_id, batch_name, seq, name, error, account, tasks.get(job_id, []), recorded.get(job_id, set())
+        )
+        for job_id, batch_id, batch_name, seq, name, error, account, state in jobs
+        if state == JobState.COLLECTING.value
+    }
 
 
 def collect_failed(runtime: Runtime, job_id: int, error: GenqError, *, retry_in: float | None) -> None:

@@ -2,11 +2,12 @@
 
 The same rules the fleet runs by are counted here, so the estimate holds: one submit a job (plus an
 upload a reference where the provider takes them that way), polls as the learned first-poll delay
-makes them (``QUANTILE`` of tasks done at the first poll, the rest at a follow-up; all at the first
-where polls wait their turn in a key's spent allowance), grouped as the provider allows, and only the
-requests a provider counts spend its keys' allowance. Time is the longer of what the allowance (what
-the in-flight places and the key's pace take at once, then a minute's worth a minute) and the
-in-flight caps permit, plus one generation.
+makes them (``QUANTILE`` of tasks done at the first poll, the rest at a follow-up or two; where
+the key binds, one follow-up, which waits its turn in the allowance and finds the task done), grouped
+as the provider allows, and only the requests a provider counts spend its keys' allowance. Time is
+the longer of what the allowance and the in-flight caps permit, plus one generation. The allowance:
+what the in-flight places and the key's pace take at once, then, unpaced, a minute's worth a minute;
+paced, each minute's requests at the pace, freed again a minute after they were taken.
 
 Caps are set beside it: the batch's ``budget`` and what the accounts' ``daily_credits`` leave of today.
 """
@@ -28,6 +29,8 @@ from workers.timing import QUANTILE
 
 FOLLOW_UPS_PER_MISS = 1.5
 """Follow-up polls a task not done at its first poll takes, on average (the follow-ups back off)."""
+BOUND_FOLLOW_UPS_PER_MISS = 1.0
+"""The same where the key binds: the follow-up waits its turn in the allowance, and finds it done."""
 
 
 @dataclass(frozen=True)
@@ -113,21 +116,22 @@ def plan_batch(
         rpm = sum(account.rpm for account in serving)
         slots = sum(account.max_in_flight for account in serving)
         at_once = sum(min(account.max_in_flight, burst_limit(account.rpm, spread)) for account in serving)
+        pace = Pace(at_once, sum(burst_limit(account.rpm, spread) for account in serving), spread, rpm)
         generation = max((generation_seconds(provider, job.model) for job in jobs), default=0.0)
         by_slots = generation * math.ceil(len(jobs) / slots) if slots else math.inf
         polls = 0 if adapter.synchronous else _polls(tasks, adapter.batch_poll_size)
         counted = _polls_counted(serving, adapter)
         if counted and polls:
-            first_polls = _polls(tasks, adapter.batch_poll_size, follow_ups=False)
-            if _by_rate(submits + first_polls, at_once, rpm) > by_slots:
-                # The key binds, so each poll waits its turn in the allowance and finds its task done.
-                polls = first_polls
+            bound_polls = _polls(tasks, adapter.batch_poll_size, BOUND_FOLLOW_UPS_PER_MISS)
+            if pace.seconds(submits + bound_polls) > by_slots:
+                # The key binds, so a missed task's follow-up waits its turn in the allowance and finds it done.
+                polls = bound_polls
         limited = submits + (polls if counted else 0)
         plans.append(
             ProviderPlan(
                 provider=provider, jobs=len(jobs), pictures=sum(cost.pictures for cost in costs), submits=submits,
                 polls=polls, credits=sum(cost.credits for cost in costs), limited_requests=limited,
-                accounts=len(serving), rpm=rpm, seconds=max(_by_rate(limited, at_once, rpm) + generation, by_slots),
+                accounts=len(serving), rpm=rpm, seconds=max(pace.seconds(limited) + generation, by_slots),
                 daily_left=_daily_left(serving, spent_today or {}),
             )
         )  # fmt: skip
@@ -148,13 +152,32 @@ def _daily_left(serving: list[Account], spent_today: Mapping[str, int]) -> int |
     return sum(max((account.daily_credits or 0) - spent_today.get(account.name, 0), 0) for account in serving)
 
 
-def _by_rate(limited: int, at_once: int, rpm: int) -> float:
-    """Seconds the allowance takes: keys idle at the start send ``at_once`` (what their in-flight
-    places and pace take), then their limit's worth a minute."""
-    return 60.0 * max(limited - at_once, 0) / rpm if rpm else math.inf
+@dataclass(frozen=True)
+class Pace:
+    """How a provider's keys together spend their allowance."""
+
+    at_once: int
+    """Requests sent as soon as the batch starts: what the in-flight places and the pace take."""
+    burst: int
+    """Requests any ``spread`` seconds may hold (``burst_limit``), all keys together."""
+    spread: float
+    """Seconds of the pace; 0 when unpaced."""
+    rpm: int
+
+    def seconds(self, limited: int) -> float:
+        """Seconds the allowance takes for ``limited`` requests. Unpaced, ``at_once`` then the limit's
+        worth a minute. Paced, a key's log frees each request a minute after it was taken, so each
+        minute's requests go as the first minute's did (``at_once``, then ``burst`` a ``spread``
+        seconds): whole minutes, then what is left of the last at the pace."""
+        if not self.rpm:
+            return math.inf
+        if self.spread <= 0:
+            return 60.0 * max(limited - self.at_once, 0) / self.rpm
+        minutes = max(limited - 1, 0) // self.rpm
+        rest = limited - minutes * self.rpm
+        return 60.0 * minutes + self.spread * max(rest - self.at_once, 0) / self.burst
 
 
-def _polls(tasks: int, group: int, *, follow_ups: bool = True) -> int:
-    """First polls for every task, follow-ups for those not done yet, in requests of ``group`` tasks."""
-    per_task = 1 + (1 - QUANTILE) * FOLLOW_UPS_PER_MISS if follow_ups else 1
-    return math.ceil(tasks * per_task / group)
+def _polls(tasks: int, group: int, follow_ups: float = FOLLOW_UPS_PER_MISS) -> int:
+    """First polls for every task, ``follow_ups`` for each not done yet, in requests of ``group`` tasks."""
+    return math.ceil(round(tasks * (1 + (1 - QUANTILE) * follow_ups) / group, 6))

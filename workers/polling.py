@@ -58,7 +58,7 @@ from workers.providers.base import (
 )
 from workers.ratelimit import RequestKind
 from workers.runtime import Runtime
-from workers.timing import FOLLOW_UP_SHARE
+from workers.timing import FOLLOW_UP_SHARE, Completion
 
 LEASE_SECONDS = 60.0
 """How long a task sent to be polled is left alone by the sweeper (the poll itself sets the next time)."""
@@ -255,12 +255,12 @@ def _poll(
     with Session(runtime.engine) as session:
         specs = session.exec(select(Job.id, Job.spec).where(col(Job.id).in_({task.job_id for task in tasks}))).all()
     models: dict[int, str | None] = {job_id: spec.get("model") for job_id, spec in specs if job_id is not None}
+    learn(runtime, [(task, statuses.get(task.remote_id), models.get(task.job_id)) for task in tasks])
     running: list[tuple[ProviderTask, float, bool]] = []
     ended: list[tuple[ProviderTask, Finished | TaskFailed]] = []
     for task in tasks:
         status = statuses.get(task.remote_id)
         model = models.get(task.job_id)
-        learn(runtime, task, status, model)
         if status is None or isinstance(status, StillRunning):
             running.append((task, runtime.timing.first_poll_delay(task.provider, model), status is not None))
         else:
@@ -311,16 +311,21 @@ def _after_poll_error(
         _reschedule(runtime, tasks, None)
 
 
-def learn(runtime: Runtime, task: ProviderTask, status: TaskStatus | None, model: str | None) -> None:
-    """Teach the fleet's first-poll delay what a poll that found the task done proves."""
-    if not isinstance(status, Finished):
-        return
-    age = (utcnow() - task.submitted_at).total_seconds()
-    # Learned as of when this poll was due, not when it ran: a wait for the key's allowance says
-    # nothing of the picture.
-    due = age if task.poll_due_at is None else min(age, (task.poll_due_at - task.submitted_at).total_seconds())
-    previous = None if task.last_polled_at is None else (task.last_polled_at - task.submitted_at).total_seconds()
-    runtime.timing.observe_finished(task.provider, model, due=due, previous=previous)
+def learn(runtime: Runtime, found: Sequence[tuple[ProviderTask, TaskStatus | None, str | None]]) -> None:
+    """Teach the fleet's first-poll delay what a poll proves of each task it found done (``found``:
+    each task polled, what the provider said of it, its job's model), in one round trip."""
+    now = utcnow()
+    completions = []
+    for task, status, model in found:
+        if not isinstance(status, Finished):
+            continue
+        age = (now - task.submitted_at).total_seconds()
+        # Learned as of when this poll was due, not when it ran: a wait for the key's allowance says
+        # nothing of the picture.
+        due = age if task.poll_due_at is None else min(age, (task.poll_due_at - task.submitted_at).total_seconds())
+        previous = None if task.last_polled_at is None else (task.last_polled_at - task.submitted_at).total_seconds()
+        completions.append(Completion(task.provider, model, due, previous))
+    runtime.timing.observe_all(completions)
 
 
 def end_task(runtime: Runtime, task: ProviderTask, status: Finished | TaskFailed, result: PollResult) -> None:

@@ -21,7 +21,7 @@ from jobs.errors import PictureRefused, StorageError
 from jobs.redisserver import client_url
 from jobs.settings import Settings
 from workers.app import MAX_COUNTDOWN, app
-from workers.collect import collect_failed, collect_job, hold_collecting
+from workers.collect import Collecting, collect_failed, collect_job, hold_collecting
 from workers.dispatch import dispatch
 from workers.finish import finish_batch_if_done, job_ended
 from workers.liveness import Heartbeat, forget_child
@@ -204,7 +204,7 @@ def collect_task(self: GenqTask, job_id: int) -> None:
 def collect_step(runtime: Runtime, job_id: int, *, attempt: int) -> float | None:
     """Collect the job (its ``attempt``-th try, from 0) and finish its batch if it was the last; or,
     where fetching again can help, the seconds after which to try again."""
-    retry_in, batch_id = _collect(runtime, job_id, attempt=attempt, held=False)
+    retry_in, batch_id = _collect(runtime, job_id, attempt=attempt)
     if batch_id is not None:
         finish_batch_if_done(runtime, batch_id)
     elif retry_in is None:  # it failed here, or was not ours to end: its row says whether it ended
@@ -212,7 +212,9 @@ def collect_step(runtime: Runtime, job_id: int, *, attempt: int) -> float | None
     return retry_in
 
 
-def _collect(runtime: Runtime, job_id: int, *, attempt: int, held: bool) -> tuple[float | None, int | None]:
+def _collect(
+    runtime: Runtime, job_id: int, *, attempt: int, held: Collecting | None = None
+) -> tuple[float | None, int | None]:
     """Collect the job: the seconds after which to try again (None when not), and the batch to finish
     when the job succeeded here (None when it did not, or failed).
 
@@ -242,15 +244,18 @@ def collect_now(runtime: Runtime, job_ids: Sequence[int]) -> None:
     side by side; a try that failed goes out as the collect message's first retry, so a job is tried
     as many times either way. Each batch is looked at once, after the last of its jobs here.
     """
-    hold_collecting(runtime, job_ids)
+    held = hold_collecting(runtime, job_ids)
     started = time.monotonic()
     finished: dict[int, None] = {}
     for job_id in job_ids:
+        if job_id not in held:  # not collecting: another delivery ended it, its row says how
+            job_ended(runtime, job_id)
+            continue
         if time.monotonic() - started > INLINE_COLLECT_SECONDS:
             collect_task.delay(job_id)
             continue
         try:
-            retry_in, batch_id = _collect(runtime, job_id, attempt=0, held=True)
+            retry_in, batch_id = _collect(runtime, job_id, attempt=0, held=held[job_id])
         except Exception:
             # As a collect message that raised: the job stays collecting for the reconciler, and
             # the jobs after it in this poll are not held up by it.

@@ -26,7 +26,9 @@ it off. One Lua script keeps each update atomic across the fleet.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import redis
 
@@ -48,6 +50,9 @@ RECENT = 30
 """Finished tasks looked at for a miss: at the right delay one in ten is missed, so 30 in a row found
 done happens by chance about once in 25 times."""
 FOLLOW_UP_SHARE = 0.1
+FRESH_SECONDS = 1.0
+"""How long a process keeps a delay it read or learned before it asks Redis again: a submit or a poll
+reads it for every task, and a delay a second old is as good as the latest."""
 """After a first poll that found a task still running, the next comes this share of the delay later."""
 
 # KEYS: the completions list, the delays hash. ARGV: field, due, previous ('' when no poll found the
@@ -93,6 +98,17 @@ def typical_seconds(provider: str) -> float:
     return ADAPTERS.get(provider, Provider).typical_seconds
 
 
+@dataclass(frozen=True)
+class Completion:
+    """A task found done by a poll due ``due`` seconds after its submit, the last poll that found it
+    running having run ``previous`` seconds after it (None when none did: found at its first poll)."""
+
+    provider: str
+    model: str | None
+    due: float
+    previous: float | None
+
+
 class CompletionTimes:
     def __init__(
         self,
@@ -111,6 +127,8 @@ class CompletionTimes:
         self._typical = typical
         self.floor = floor
         self.ceiling = ceiling
+        self._fresh: dict[str, tuple[float, float]] = {}
+        """The delay each field had when this process last read or learned it, and when (monotonic)."""
 
     def default_delay(self, provider: str) -> float:
         """Seconds to the first poll of a provider's task while nothing has been learned."""
@@ -126,23 +144,45 @@ class CompletionTimes:
         return self.default_delay(provider) if learned is None else learned
 
     def learned(self, provider: str, model: str | None) -> float | None:
-        """The delay learned so far, or None when no task of this provider and model has finished;
-        ``RedisUnavailable`` when Redis cannot say."""
+        """The delay learned so far (as of at most ``FRESH_SECONDS`` ago), or None when no task of this
+        provider and model has finished; ``RedisUnavailable`` when Redis cannot say."""
+        field = _field(provider, model)
+        kept = self._fresh.get(field)
+        if kept is not None and time.monotonic() - kept[1] < FRESH_SECONDS:
+            return kept[0]
         with talking_to_redis("reading the learned poll delay"):
-            value = self._client.hget(keys.first_poll(), _field(provider, model))
-        return None if value is None else float(value)  # type: ignore[arg-type]
+            value = self._client.hget(keys.first_poll(), field)
+        if value is None:
+            return None
+        self._fresh[field] = (float(value), time.monotonic())  # type: ignore[arg-type]
+        return self._fresh[field][0]
 
     def observe_finished(self, provider: str, model: str | None, *, due: float, previous: float | None) -> float:
         """A task found done by a poll due ``due`` seconds after its submit, the last poll that found
         it running having run ``previous`` seconds after it (None when none did: found at its first
         poll); returns the new delay."""
-        field = _field(provider, model)
-        args: list[str | float] = [
-            field, due, "" if previous is None else previous, self.default_delay(provider), EARLY_SHARE, WINDOW,
-            QUANTILE, self.floor, self.ceiling, FAST_SHARE, RECENT,
-        ]  # fmt: skip
+        return self.observe_all([Completion(provider, model, due, previous)])[0]
+
+    def observe_all(self, completions: Sequence[Completion]) -> list[float]:
+        """``observe_finished`` for every task one poll found done, in one round trip (each update
+        still atomic on its own, in order); the new delay after each."""
+        if not completions:
+            return []
         with talking_to_redis("learning a completion time"):
-            return float(self._observe(keys=[keys.completions(field), keys.first_poll()], args=args))
+            pipeline = self._client.pipeline(transaction=False)
+            for completion in completions:
+                field = _field(completion.provider, completion.model)
+                args: list[str | float] = [
+                    field, completion.due, "" if completion.previous is None else completion.previous,
+                    self.default_delay(completion.provider), EARLY_SHARE, WINDOW, QUANTILE, self.floor, self.ceiling,
+                    FAST_SHARE, RECENT,
+                ]  # fmt: skip
+                self._observe(keys=[keys.completions(field), keys.first_poll()], args=args, client=pipeline)
+            delays = [float(value) for value in pipeline.execute()]
+        now = time.monotonic()
+        for completion, delay in zip(completions, delays, strict=True):
+            self._fresh[_field(completion.provider, completion.model)] = (delay, now)
+        return delays
 
 
 def _field(provider: str, model: str | None) -> str:
