@@ -115,8 +115,9 @@ def plan_batch(
         submits = sum(cost.requests for cost in costs)
         rpm = sum(account.rpm for account in serving)
         slots = sum(account.max_in_flight for account in serving)
-        at_once = sum(min(account.max_in_flight, burst_limit(account.rpm, spread)) for account in serving)
-        pace = Pace(at_once, sum(burst_limit(account.rpm, spread) for account in serving), spread, rpm)
+        bursts = [(account.max_in_flight, burst_limit(account.rpm, spread)) for account in serving]
+        at_once = sum(min(places, burst) for places, burst in bursts)
+        pace = Pace(at_once, sum(burst for _, burst in bursts), spread, rpm)
         generation = max((generation_seconds(provider, job.model) for job in jobs), default=0.0)
         by_slots = generation * math.ceil(len(jobs) / slots) if slots else math.inf
         polls = 0 if adapter.synchronous else _polls(tasks, adapter.batch_poll_size)

@@ -154,8 +154,9 @@ class CompletionTimes:
             value = self._client.hget(keys.first_poll(), field)
         if value is None:
             return None
-        self._fresh[field] = (float(value), time.monotonic())  # type: ignore[arg-type]
-        return self._fresh[field][0]
+        delay = float(value)  # type: ignore[arg-type]
+        self._fresh[field] = (delay, time.monotonic())
+        return delay
 
     def observe_finished(self, provider: str, model: str | None, *, due: float, previous: float | None) -> float:
         """A task found done by a poll due ``due`` seconds after its submit, the last poll that found
