@@ -51,7 +51,6 @@ class Job(SQLModel, table=True):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_admission", "state", "provider", "priority", "id"),
-        Index("ix_jobs_batch_state", "batch_id", "state"),
         Index("ix_jobs_batch_pending", "batch_id", "state", "provider", "id"),
         Index("ix_jobs_state_updated", "state", "updated_at"),
         Index("uq_jobs_account_adopted", "account", "adopted", unique=True),

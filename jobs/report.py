@@ -123,6 +123,13 @@ def render_report(context: Mapping[str, Any]) -> str:
     return _environment().get_template("report.html.j2").render(context)
 
 
+def prepare() -> None:
+    """Compile the template and load Pillow's formats now. A worker does this as it starts, so the
+    first batch it finishes does not pay for it at its end, after its last picture."""
+    _environment().get_template("report.html.j2")
+    Image.init()
+
+
 @cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(

@@ -51,7 +51,7 @@ def job_ended(runtime: Runtime, job_id: int) -> None:
 
 _BATCHES: Table = Batch.__table__  # type: ignore[attr-defined]
 UNFINISHED = tuple(state.value for state in JobState if state not in FINAL)
-"""The states of a job still on its way; looked up through the ``(batch_id, state)`` index."""
+"""The states of a job still on its way; looked up through the index that leads with ``(batch_id, state)``."""
 # Asked at every job's end: built once, given their values.
 _BATCH_AND_STATE = select(JOBS.c.batch_id, JOBS.c.state).where(JOBS.c.id == bindparam("job_id"))
 _RUNNING_AND_DONE = select(_BATCHES.c.id).where(
@@ -65,7 +65,7 @@ def finish_batch_if_done(runtime: Runtime, batch_id: int) -> bool:
     """Finish the batch if it is running and none of its jobs is unfinished; whether this call did.
 
     Called at each job's end, so the common answer (some job is still on its way) is one query that
-    stops at the first unfinished job it finds through the ``(batch_id, state)`` index, never a count
+    stops at the first unfinished job it finds through the index that leads with ``(batch_id, state)``, never a count
     over the batch: a batch of n jobs costs O(n) in all, not O(n^2). Jobs are counted by state only
     once none is left unfinished. Each caller asks after its own job's move is committed, so of two
     jobs ending at once the later to ask sees both final, and the batch is finished by one of them.

@@ -22,6 +22,7 @@ from jobs.checks import address_policy
 from jobs.db import make_engine
 from jobs.errors import ConfigError
 from jobs.redisserver import client_url
+from jobs.report import prepare as prepare_report
 from jobs.settings import Settings
 from jobs.storage import Storage
 from workers.guard import GuardedTransport
@@ -109,7 +110,8 @@ class Runtime:
 
     def warm(self) -> None:
         """Build now what the first task would otherwise build while its token waits: the database's
-        and Redis's first connections, the limiter's scripts, every account's client and adapter."""
+        and Redis's first connections, the limiter's scripts, every account's client and adapter; and
+        the report's template, which the end of the first batch would otherwise compile."""
         with self.engine.connect():
             pass
         self.redis.ping()
@@ -120,6 +122,7 @@ class Runtime:
             except ConfigError:
                 continue  # its jobs fail with that reason when they come; the others need not wait
             self.provider(name)
+        prepare_report()
 
     def close(self) -> None:
         with self._lock:

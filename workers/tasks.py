@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 from billiard.einfo import ExceptionWithTraceback
@@ -33,11 +33,13 @@ from workers.submission import submit_job
 
 COLLECT_RETRIES = 5
 SPREAD = 32
-"""The fewest messages a round's submits go out in, when it queued more jobs than this (``in_messages``)."""
+"""The fewest messages a round's submits or a sweep's polls go out in, when there are more than
+this (``in_messages``)."""
 INLINE_COLLECT_SECONDS = 5.0
 """Seconds a poll (or a submit) may spend collecting what it found ready before it sends the rest
 out as collect messages (``collect_now``)."""
 
+Item = TypeVar("Item")
 log = logging.getLogger(__name__)
 # httpx logs every request's full URL at INFO, and a signed picture link's query is its credential:
 # the worker's own lines name what went wrong (without the query), so httpx speaks only of trouble.
@@ -145,13 +147,13 @@ def dispatch_task(self: GenqTask) -> int:
     return len(queued)
 
 
-def in_messages(job_ids: Sequence[int], spread: int = SPREAD) -> list[list[int]]:
-    """The jobs of a round in messages: one job each, unless the round queued more than ``spread``
-    (a key with a high limit, or a fleet just started); then ``spread`` messages share them, in order.
-    A message costs the worker about as much as a small job, and ``spread`` messages still keep
-    that many threads busy at once."""
-    size = max(1, -(-len(job_ids) // spread))
-    return [list(job_ids[start : start + size]) for start in range(0, len(job_ids), size)]
+def in_messages(items: Sequence[Item], spread: int = SPREAD) -> list[list[Item]]:
+    """The jobs of a round (or the poll requests of a sweep) in messages: one each, unless there are
+    more than ``spread`` (a key with a high limit, a fleet just started, a wave of first polls); then
+    ``spread`` messages share them, in order. A message costs the worker about as much as a small
+    job, and ``spread`` messages still keep that many threads busy at once."""
+    size = max(1, -(-len(items) // spread))
+    return [list(items[start : start + size]) for start in range(0, len(items), size)]
 
 
 @app.task(name="genq.submit", base=GenqTask, bind=True)
@@ -178,20 +180,36 @@ def submit_task(self: GenqTask, job_ids: Sequence[int] | int) -> None:
 @app.task(name="genq.sweep", base=GenqTask, bind=True)
 def sweep_task(self: GenqTask) -> int:
     groups = due_polls(self.runtime)
-    for group in groups:
-        poll_task.delay(group)
+    with app.producer_or_acquire() as producer:
+        for message in in_messages(groups):
+            poll_task.apply_async((message,), producer=producer)
     return len(groups)
 
 
 @app.task(name="genq.poll", base=GenqTask, bind=True)
-def poll_task(self: GenqTask, provider_task_ids: Sequence[int]) -> None:
-    found = poll_tasks(self.runtime, provider_task_ids)
-    if found.wait is not None:
-        # As with a submit: the same poll comes back when the key frees a request, retries untouched.
-        poll_task.apply_async((list(provider_task_ids),), countdown=min(found.wait, MAX_COUNTDOWN))
-    collect_now(self.runtime, found.ready)
-    for job_id in found.failed:
+def poll_task(self: GenqTask, groups: Sequence[Sequence[int]] | Sequence[int]) -> None:
+    """Poll each group of provider tasks (a request each), then collect what they found ready: every
+    poll of the message goes out before any picture is fetched, so a wave of first polls falling due
+    together is not held back behind the downloads. A message from before groups were sent together
+    carries one group."""
+    ready: list[int] = []
+    failed: list[int] = []
+    for group in _groups(groups):
+        found = poll_tasks(self.runtime, group)
+        if found.wait is not None:
+            # As with a submit: the same poll comes back when the key frees a request, retries untouched.
+            poll_task.apply_async(([group],), countdown=min(found.wait, MAX_COUNTDOWN))
+        ready += found.ready
+        failed += found.failed
+    collect_now(self.runtime, ready)
+    for job_id in failed:
         job_ended(self.runtime, job_id)
+
+
+def _groups(groups: Sequence[Sequence[int]] | Sequence[int]) -> list[list[int]]:
+    if any(isinstance(group, int) for group in groups):
+        return [[int(task_id) for task_id in groups]]  # type: ignore[arg-type]
+    return [list(group) for group in groups]  # type: ignore[arg-type]
 
 
 @app.task(name="genq.collect", base=GenqTask, bind=True, max_retries=COLLECT_RETRIES)

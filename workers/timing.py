@@ -50,10 +50,10 @@ RECENT = 30
 """Finished tasks looked at for a miss: at the right delay one in ten is missed, so 30 in a row found
 done happens by chance about once in 25 times."""
 FOLLOW_UP_SHARE = 0.1
+"""After a first poll that found a task still running, the next comes this share of the delay later."""
 FRESH_SECONDS = 1.0
 """How long a process keeps a delay it read or learned before it asks Redis again: a submit or a poll
 reads it for every task, and a delay a second old is as good as the latest."""
-"""After a first poll that found a task still running, the next comes this share of the delay later."""
 
 # KEYS: the completions list, the delays hash. ARGV: field, due, previous ('' when no poll found the
 # task running), default delay, early share, window, quantile, floor, ceiling, fast share, recent.
