@@ -91,6 +91,18 @@ class Collecting:
     """The indexes of the pictures recorded already (by an earlier delivery of the collect)."""
 
 
+@dataclass(frozen=True)
+class Fetched:
+    """A collecting job whose pictures are stored: what its last write records and how it ends."""
+
+    job_id: int
+    batch_id: int
+    last: dict[str, Any] | None
+    """The last picture's ``Asset`` row, recorded with the move (None when all were recorded before)."""
+    error: str | None
+    """Why the job failed (some of its tasks made no picture); None when it succeeded."""
+
+
 def collect_job(runtime: Runtime, job_id: int, *, held: Collecting | None = None) -> int | None:
     """Store every picture of a collecting job and mark it succeeded (or failed, when some of its
     provider tasks made no picture); the id of its batch, for the caller to finish it if it was the
@@ -112,6 +124,14 @@ def collect_job(runtime: Runtime, job_id: int, *, held: Collecting | None = None
             held = _collecting(session, [job_id]).get(job_id)
         if held is None:
             return None
+    fetched = fetch_pictures(runtime, job_id, held)
+    with session_scope(runtime.engine) as session:
+        return fetched.batch_id if record_collected(session, fetched) else None
+
+
+def fetch_pictures(runtime: Runtime, job_id: int, held: Collecting) -> Fetched:
+    """Download, check and store the job's pictures not recorded yet; every one before the last is
+    recorded as soon as it is stored, the last is left to ``record_collected``."""
     tasks = held.tasks
     urls = [image["url"] for _, _, images in tasks for image in images]
     todo = [index for index in range(len(urls)) if index not in held.recorded]
@@ -137,15 +157,27 @@ def collect_job(runtime: Runtime, job_id: int, *, held: Collecting | None = None
             with session_scope(runtime.engine) as session:
                 _add_once(session, asset)
     missing = [(state, why) for state, why, _ in tasks if state == TaskState.FAILED.value]
+    if not missing:
+        return Fetched(job_id, held.batch_id, last, None)
+    # The pictures that were made are kept; the job did not make all it asked for.
+    why = held.error or f"{len(missing)} of {len(tasks)} tasks made no picture: {missing[0][1]}"
+    return Fetched(job_id, held.batch_id, last, why)
+
+
+def record_all_collected(runtime: Runtime, fetched: Sequence[Fetched]) -> set[int]:
+    """``record_collected`` for each of the jobs, in one transaction; the ids of those that moved."""
     with session_scope(runtime.engine) as session:
-        if last is not None:
-            _add_once(session, last)
-        if missing:  # the pictures that were made are kept; the job did not make all it asked for
-            reason = held.error or f"{len(missing)} of {len(tasks)} tasks made no picture: {missing[0][1]}"
-            moved = move(session, job_id, JobState.COLLECTING, JobState.FAILED, error=reason, holder=None)
-        else:
-            moved = move(session, job_id, JobState.COLLECTING, JobState.SUCCEEDED, error=None, holder=None)
-    return held.batch_id if moved else None
+        return {item.job_id for item in fetched if record_collected(session, item)}
+
+
+def record_collected(session: Session, fetched: Fetched) -> bool:
+    """Record the job's last picture and move it ``collecting -> succeeded`` (or failed), in the
+    session's transaction; whether it moved (another delivery may have ended it meanwhile). A
+    poll's collects are recorded in one transaction, each of its jobs moved on its own."""
+    if fetched.last is not None:
+        _add_once(session, fetched.last)
+    target = JobState.FAILED if fetched.error is not None else JobState.SUCCEEDED
+    return move(session, fetched.job_id, JobState.COLLECTING, target, error=fetched.error, holder=None)
 
 
 def hold_collecting(runtime: Runtime, job_ids: Sequence[int]) -> dict[int, Collecting]:

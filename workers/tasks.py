@@ -21,7 +21,15 @@ from jobs.errors import PictureRefused, StorageError
 from jobs.redisserver import client_url
 from jobs.settings import Settings
 from workers.app import MAX_COUNTDOWN, app
-from workers.collect import Collecting, collect_failed, collect_job, hold_collecting
+from workers.collect import (
+    Collecting,
+    Fetched,
+    collect_failed,
+    collect_job,
+    fetch_pictures,
+    hold_collecting,
+    record_all_collected,
+)
 from workers.dispatch import dispatch
 from workers.finish import finish_batch_if_done, job_ended
 from workers.liveness import Heartbeat, forget_child
@@ -35,6 +43,8 @@ COLLECT_RETRIES = 5
 SPREAD = 32
 """The fewest messages a round's submits or a sweep's polls go out in, when there are more than
 this (``in_messages``)."""
+RECORD_EVERY = 1.0
+"""Seconds the collects of one poll are recorded together for, at most (``collect_now``)."""
 INLINE_COLLECT_SECONDS = 5.0
 """Seconds a poll (or a submit) may spend collecting what it found ready before it sends the rest
 out as collect messages (``collect_now``)."""
@@ -234,21 +244,25 @@ def _collect(
     runtime: Runtime, job_id: int, *, attempt: int, held: Collecting | None = None
 ) -> tuple[float | None, int | None]:
     """Collect the job: the seconds after which to try again (None when not), and the batch to finish
-    when the job succeeded here (None when it did not, or failed).
-
-    A refusal that fetching again cannot help fails the job at once; a failed download, or a store
-    that refused a write, is tried again, then the job fails with why (never left collecting).
-    """
+    when the job succeeded here (None when it did not, or failed)."""
     try:
         return None, collect_job(runtime, job_id, held=held)
     except (PictureRefused, StorageError) as error:
-        final = isinstance(error, PictureRefused) and error.final
-        if not final and attempt < COLLECT_RETRIES:
-            countdown = min(max(2**attempt, getattr(error, "retry_after", 0.0)), MAX_COUNTDOWN)
-            collect_failed(runtime, job_id, error, retry_in=countdown)
-            return countdown, None
-        collect_failed(runtime, job_id, error, retry_in=None)
-        return None, None
+        return _refused(runtime, job_id, error, attempt=attempt), None
+
+
+def _refused(runtime: Runtime, job_id: int, error: PictureRefused | StorageError, *, attempt: int) -> float | None:
+    """A collect that could not fetch or store a picture: the seconds after which to try again, or
+    None when the job failed. A refusal that fetching again cannot help fails the job at once; a
+    failed download, or a store that refused a write, is tried again, then the job fails with why
+    (never left collecting)."""
+    final = isinstance(error, PictureRefused) and error.final
+    if not final and attempt < COLLECT_RETRIES:
+        countdown = min(max(2**attempt, getattr(error, "retry_after", 0.0)), MAX_COUNTDOWN)
+        collect_failed(runtime, job_id, error, retry_in=countdown)
+        return countdown
+    collect_failed(runtime, job_id, error, retry_in=None)
+    return None
 
 
 def collect_now(runtime: Runtime, job_ids: Sequence[int]) -> None:
@@ -257,13 +271,16 @@ def collect_now(runtime: Runtime, job_ids: Sequence[int]) -> None:
 
     The guarantees are a collect message's: each job was moved ``running -> collecting`` before this
     runs, and all of them are held by this process before the first is collected, so a process
-    killed here leaves them to the reconciler, which collects them again at once. Once
-    ``INLINE_COLLECT_SECONDS`` are spent (slow downloads), the rest go out as messages, to be fetched
-    side by side; a try that failed goes out as the collect message's first retry, so a job is tried
-    as many times either way. Each batch is looked at once, after the last of its jobs here.
+    killed here leaves them to the reconciler, which collects them again at once. The jobs whose
+    pictures are stored are recorded together, in one transaction at least every ``RECORD_EVERY``
+    seconds, each moved by its own compare-and-set. Once ``INLINE_COLLECT_SECONDS`` are spent (slow
+    downloads), the rest go out as messages, to be fetched side by side; a try that failed goes out
+    as the collect message's first retry, so a job is tried as many times either way. Each batch is
+    looked at once, after the last of its jobs here.
     """
     held = hold_collecting(runtime, job_ids)
-    started = time.monotonic()
+    started = recorded = time.monotonic()
+    fetched: list[Fetched] = []
     finished: dict[int, None] = {}
     for job_id in job_ids:
         if job_id not in held:  # not collecting: another delivery ended it, its row says how
@@ -273,20 +290,40 @@ def collect_now(runtime: Runtime, job_ids: Sequence[int]) -> None:
             collect_task.delay(job_id)
             continue
         try:
-            retry_in, batch_id = _collect(runtime, job_id, attempt=0, held=held[job_id])
+            fetched.append(fetch_pictures(runtime, job_id, held[job_id]))
+        except (PictureRefused, StorageError) as error:
+            retry_in = _refused(runtime, job_id, error, attempt=0)
+            if retry_in is not None:
+                collect_task.apply_async((job_id,), countdown=retry_in, retries=1)
+            else:
+                job_ended(runtime, job_id)
         except Exception:
             # As a collect message that raised: the job stays collecting for the reconciler, and
             # the jobs after it in this poll are not held up by it.
             log.exception("collect of job %s failed; left to the reconciler", job_id)
-            continue
-        if retry_in is not None:
-            collect_task.apply_async((job_id,), countdown=retry_in, retries=1)
-        elif batch_id is not None:
-            finished[batch_id] = None
-        else:
-            job_ended(runtime, job_id)
+        if fetched and time.monotonic() - recorded > RECORD_EVERY:
+            finished |= _record(runtime, fetched)
+            fetched, recorded = [], time.monotonic()
+    finished |= _record(runtime, fetched)
     for batch_id in finished:
         finish_batch_if_done(runtime, batch_id)
+
+
+def _record(runtime: Runtime, fetched: Sequence[Fetched]) -> dict[int, None]:
+    """Record the fetched jobs in one transaction; the batches of those that moved. A job another
+    delivery ended meanwhile is left as its row says; should the write fail, every one of them
+    stays collecting, held by this process, for the reconciler (their pictures are stored)."""
+    if not fetched:
+        return {}
+    try:
+        moved = record_all_collected(runtime, fetched)
+    except Exception:
+        log.exception("collects of jobs %s not recorded; left to the reconciler", [item.job_id for item in fetched])
+        return {}
+    for item in fetched:
+        if item.job_id not in moved:
+            job_ended(runtime, item.job_id)
+    return {item.batch_id: None for item in fetched if item.job_id in moved}
 
 
 @app.task(name="genq.reconcile", base=GenqTask, bind=True)
