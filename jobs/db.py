@@ -27,7 +27,7 @@ from typing import Any, Self
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import (
@@ -167,14 +167,23 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
+def is_sqlite(bind: Engine | Connection) -> bool:
+    return bind.dialect.name == "sqlite"
 
 
-def upsert_insert(session: Session) -> Callable[..., Any]:
+Executor = Session | Connection
+"""Where a statement runs: a session, or a plain connection in a transaction (``transaction``)."""
+
+
+def upsert_insert(executor: Executor) -> Callable[..., Any]:
     """The dialect's ``insert``, which has ``on_conflict_do_update`` on both SQLite and PostgreSQL."""
-    bind = session.get_bind()
-    return sqlite_insert if bind.dialect.name == "sqlite" else postgresql_insert
+    return sqlite_insert if is_sqlite(bind_of(executor)) else postgresql_insert
+
+
+def bind_of(executor: Executor) -> Engine | Connection:
+    bind = executor.get_bind() if isinstance(executor, Session) else executor
+    assert isinstance(bind, Engine | Connection)
+    return bind
 
 
 UNAVAILABLE: tuple[type[SQLAlchemyError], ...] = (OperationalError, DisconnectionError, PoolTimeout)
@@ -232,6 +241,16 @@ def session_scope(engine: Engine) -> Iterator[Session]:
         except BaseException:
             session.rollback()
             raise
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Connection]:
+    """A connection in a transaction that commits when the block ends and rolls back when it raises,
+    errors translated as ``session_scope``'s. For the writes made once for every job (a claim, a
+    record, a move), which run plain statements only: a transaction on a connection costs the
+    worker about half what the same one through a ``Session`` does."""
+    with database_calls(), engine.begin() as connection:
+        yield connection
 
 
 def while_the_database_is_back(write: Callable[[], Any], *, patience: float = RECORD_PATIENCE) -> Any:

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, Update, bindparam, update
 from sqlmodel import Session
 
+from jobs.db import Executor
 from jobs.errors import IllegalTransition
 from jobs.models import Job, utcnow
 from jobs.states import BatchState, JobState, TaskState, UncertainPolicy
@@ -51,7 +52,7 @@ ALLOWED: dict[JobState, frozenset[JobState]] = {
 }
 
 
-def move(session: Session, job_id: int, source: JobState, target: JobState, **values: Any) -> bool:
+def move(session: Executor, job_id: int, source: JobState, target: JobState, **values: Any) -> bool:
     """Move a job from ``source`` to ``target`` if it is still in ``source``; say whether it moved.
 
     The caller commits; ``values`` are written in the same statement (``error``, ``account``...).

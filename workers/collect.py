@@ -23,7 +23,7 @@ from PIL import Image, UnidentifiedImageError
 from sqlalchemy import Table, bindparam, select, update
 from sqlmodel import Session
 
-from jobs.db import session_scope, upsert_insert
+from jobs.db import Executor, transaction, upsert_insert
 from jobs.errors import DestinationRefused, GenqError, PictureRateLimited, PictureRefused, RedisUnavailable
 from jobs.lifecycle import JOBS, JobState, TaskState, move
 from jobs.models import Asset, Batch, Job, ProviderTask, utcnow
@@ -117,7 +117,7 @@ def collect_job(runtime: Runtime, job_id: int, *, held: Collecting | None = None
     named this process the holder already; then the first transaction is not needed.
     """
     if held is None:
-        with session_scope(runtime.engine) as session:
+        with transaction(runtime.engine) as session:
             holding = {"where_id": job_id, "set_holder": holder_id(), "set_updated_at": utcnow()}
             if session.execute(_HOLD, holding).rowcount != 1:  # type: ignore[attr-defined]
                 return None
@@ -125,7 +125,7 @@ def collect_job(runtime: Runtime, job_id: int, *, held: Collecting | None = None
         if held is None:
             return None
     fetched = fetch_pictures(runtime, job_id, held)
-    with session_scope(runtime.engine) as session:
+    with transaction(runtime.engine) as session:
         return fetched.batch_id if record_collected(session, fetched) else None
 
 
@@ -154,7 +154,7 @@ def fetch_pictures(runtime: Runtime, job_id: int, held: Collecting) -> Fetched:
         if index == todo[-1]:
             last = asset
         else:
-            with session_scope(runtime.engine) as session:
+            with transaction(runtime.engine) as session:
                 _add_once(session, asset)
     missing = [(state, why) for state, why, _ in tasks if state == TaskState.FAILED.value]
     if not missing:
@@ -166,11 +166,11 @@ def fetch_pictures(runtime: Runtime, job_id: int, held: Collecting) -> Fetched:
 
 def record_all_collected(runtime: Runtime, fetched: Sequence[Fetched]) -> set[int]:
     """``record_collected`` for each of the jobs, in one transaction; the ids of those that moved."""
-    with session_scope(runtime.engine) as session:
+    with transaction(runtime.engine) as session:
         return {item.job_id for item in fetched if record_collected(session, item)}
 
 
-def record_collected(session: Session, fetched: Fetched) -> bool:
+def record_collected(session: Executor, fetched: Fetched) -> bool:
     """Record the job's last picture and move it ``collecting -> succeeded`` (or failed), in the
     session's transaction; whether it moved (another delivery may have ended it meanwhile). A
     poll's collects are recorded in one transaction, each of its jobs moved on its own."""
@@ -187,7 +187,7 @@ def hold_collecting(runtime: Runtime, job_ids: Sequence[int]) -> dict[int, Colle
     is read in the same transaction, for all of them at once; the jobs not collecting are left out."""
     if not job_ids:
         return {}
-    with session_scope(runtime.engine) as session:
+    with transaction(runtime.engine) as session:
         session.execute(
             update(JOBS)
             .where(JOBS.c.id.in_(job_ids), JOBS.c.state == JobState.COLLECTING.value)
@@ -196,7 +196,7 @@ def hold_collecting(runtime: Runtime, job_ids: Sequence[int]) -> dict[int, Colle
         return _collecting(session, job_ids)
 
 
-def _collecting(session: Session, job_ids: Sequence[int]) -> dict[int, Collecting]:
+def _collecting(session: Executor, job_ids: Sequence[int]) -> dict[int, Collecting]:
     """What the collect of each of the jobs still collecting needs, in three statements for them all."""
     jobs = session.execute(_JOBS_AND_BATCHES, {"job_ids": list(job_ids)}).all()
     tasks: dict[int, list[tuple[str, str | None, list[dict[str, Any]]]]] = {}
@@ -228,7 +228,7 @@ def collect_failed(runtime: Runtime, job_id: int, error: GenqError, *, retry_in:
 
 
 def fail_collect(runtime: Runtime, job_id: int, reason: str) -> None:
-    with session_scope(runtime.engine) as session:
+    with transaction(runtime.engine) as session:
         move(session, job_id, JobState.COLLECTING, JobState.FAILED, error=reason, holder=None)
 
 
@@ -434,7 +434,7 @@ def _asset(job_id: int, index: int, key: str, picture: Picture) -> dict[str, Any
     }
 
 
-def _add_once(session: Session, asset: dict[str, Any]) -> None:
+def _add_once(session: Executor, asset: dict[str, Any]) -> None:
     """Record the picture in the session's transaction, unless an earlier delivery of the same
     collect recorded it (the ``(job_id, index)`` key): the transaction goes on either way."""
     session.execute(_insert_once(upsert_insert(session)), asset)

@@ -43,8 +43,8 @@ FINISHING_SECONDS = 120
 def job_ended(runtime: Runtime, job_id: int) -> None:
     """Call after a step that may have ended a job: finishes its batch if the job is final and was the
     last. A job still on its way (a submit that started provider tasks) costs one read of its row."""
-    with Session(runtime.engine) as session:
-        found = session.execute(_BATCH_AND_STATE, {"job_id": job_id}).first()
+    with runtime.engine.connect() as connection:
+        found = connection.execute(_BATCH_AND_STATE, {"job_id": job_id}).first()
     if found is not None and JobState(found[1]) in FINAL:
         finish_batch_if_done(runtime, found[0])
 
@@ -70,10 +70,11 @@ def finish_batch_if_done(runtime: Runtime, batch_id: int) -> bool:
     once none is left unfinished. Each caller asks after its own job's move is committed, so of two
     jobs ending at once the later to ask sees both final, and the batch is finished by one of them.
     """
+    with runtime.engine.connect() as connection:
+        done = connection.execute(_RUNNING_AND_DONE, {"batch_id": batch_id}).first()
+    if done is None:  # not running, or a job of it is still on its way
+        return False
     with Session(runtime.engine) as session:
-        done = session.execute(_RUNNING_AND_DONE, {"batch_id": batch_id}).first()
-        if done is None:  # not running, or a job of it is still on its way
-            return False
         batch = session.get(Batch, batch_id)
         assert batch is not None
         counts = dict(

@@ -31,9 +31,9 @@ from sqlmodel import Session, col, select
 
 from jobs.accounts import Account
 from jobs.control import CANCELED_REASON, canceled_running
-from jobs.db import is_sqlite, session_scope
+from jobs.db import Executor, bind_of, is_sqlite, session_scope, transaction
 from jobs.errors import GenqError
-from jobs.lifecycle import JobState, TaskState, move
+from jobs.lifecycle import JOBS, JobState, TaskState, move
 from jobs.models import RATE_LIMITED, Job, JobEvent, ProviderTask, utcnow
 from jobs.settings import Settings
 from workers.providers import adapter_class
@@ -64,7 +64,7 @@ LEASE_SECONDS = 60.0
 """How long a task sent to be polled is left alone by the sweeper (the poll itself sets the next time)."""
 MIN_FOLLOW_UP = 0.5
 """Seconds; the shortest wait between two polls of one task."""
-AGE_SHARE = 0.25
+AGE_SHARE = 0.1
 """The longest wait between two polls of one task, as a share of the task's age."""
 RESEND_WITHIN = 60.0
 """Seconds; a poll that must wait no longer than this for its key's allowance is sent again for the
@@ -273,7 +273,7 @@ def _poll(
             ended.append((task, status))
     # What one request found is written in one transaction.
     now = utcnow()
-    with session_scope(runtime.engine) as session:
+    with transaction(runtime.engine) as session:
         for task, learned, found_running in running:
             # If the fleet learned meanwhile that tasks take longer than this one was given, wait for that.
             age = (now - task.submitted_at).total_seconds()
@@ -341,7 +341,7 @@ def end_task(runtime: Runtime, task: ProviderTask, status: Finished | TaskFailed
         _end_in(session, [(task, status)], result)
 
 
-def _end_in(session: Session, ended: Sequence[tuple[ProviderTask, Finished | TaskFailed]], result: PollResult) -> None:
+def _end_in(session: Executor, ended: Sequence[tuple[ProviderTask, Finished | TaskFailed]], result: PollResult) -> None:
     """``end_task`` for several tasks, in the caller's transaction.
 
     The jobs' rows are locked (on PostgreSQL) before their tasks are read, in the order of their ids:
@@ -383,14 +383,14 @@ _TASKS_OF_JOBS = (
 )
 
 
-def after_tasks(session: Session, job_id: int) -> JobState | None:
+def after_tasks(session: Executor, job_id: int) -> JobState | None:
     """Move a running job whose tasks have all ended: to be collected when any picture was made (a
     paid picture is kept even when a sibling failed; the job then ends failed, its pictures stored),
     else failed with the first task's reason. None while a task still runs, or if it moved already."""
     return after_all_tasks(session, [job_id]).get(job_id)
 
 
-def after_all_tasks(session: Session, job_ids: Sequence[int]) -> dict[int, JobState | None]:
+def after_all_tasks(session: Executor, job_ids: Sequence[int]) -> dict[int, JobState | None]:
     """``after_tasks`` for several jobs, their tasks read in one statement."""
     if not job_ids:
         return {}
@@ -400,7 +400,7 @@ def after_all_tasks(session: Session, job_ids: Sequence[int]) -> dict[int, JobSt
     return {job_id: _after(session, job_id, its_tasks) for job_id, its_tasks in tasks.items()}
 
 
-def _after(session: Session, job_id: int, tasks: Sequence[tuple[str, str | None, str]]) -> JobState | None:
+def _after(session: Executor, job_id: int, tasks: Sequence[tuple[str, str | None, str]]) -> JobState | None:
     if any(state == TaskState.RUNNING.value for state, _, _ in tasks):
         return None
     failures = [f"{account}: {error}" for state, error, account in tasks if state == TaskState.FAILED.value]
@@ -412,11 +412,11 @@ def _after(session: Session, job_id: int, tasks: Sequence[tuple[str, str | None,
     return JobState.FAILED if move(session, job_id, JobState.RUNNING, JobState.FAILED, error=reason) else None
 
 
-def lock_job(session: Session, job_id: int) -> None:
+def lock_job(session: Executor, job_id: int) -> None:
     """Hold the job's row until the transaction ends (SELECT ... FOR UPDATE); SQLite has one writer
     at a time anyway."""
-    if not is_sqlite(session.get_bind()):  # type: ignore[arg-type]
-        session.exec(select(Job.id).where(col(Job.id) == job_id).with_for_update()).first()
+    if not is_sqlite(bind_of(session)):
+        session.execute(select(JOBS.c.id).where(JOBS.c.id == job_id).with_for_update()).first()
 
 
 def _reschedule(
@@ -428,7 +428,7 @@ def _reschedule(
 
 
 def _reschedule_in(
-    session: Session,
+    session: Executor,
     runtime: Runtime,
     tasks: Sequence[ProviderTask],
     wait: float | None,

@@ -229,7 +229,7 @@ def _take(runtime: Runtime, job: Job, sighting: Sighting, *, missing: str | None
 def _await_pictures(runtime: Runtime, job: Job) -> Outcome:
     """An adopted submission that names no tasks (gencraft's history): its pictures are taken once
     every one is made. A record without tasks does not say that one failed, so it is looked up
-    again only for as long as pictures of the kind take (ten times the learned 90th percentile, and
+    again only for as long as pictures of the kind take (ten times the learned 95th percentile, and
     at least ``settle_for``); then the pictures that came are kept and the job fails for the rest."""
     assert job.id is not None and job.adopted is not None
     sighting = _find_again(runtime, job)

@@ -21,7 +21,7 @@ from sqlalchemy import Table, bindparam, func, insert, or_, select
 from sqlmodel import Session
 
 from jobs.control import CANCELED_REASON, holds_back
-from jobs.db import session_scope, upsert_insert, while_the_database_is_back
+from jobs.db import session_scope, transaction, upsert_insert, while_the_database_is_back
 from jobs.errors import RedisUnavailable
 from jobs.lifecycle import JOBS, JobState, TaskState, move
 from jobs.models import RATE_LIMITED, AccountBalance, AccountPause, Batch, JobEvent, ProviderTask, utcnow
@@ -118,6 +118,7 @@ class Queued:
 _BATCHES: Table = Batch.__table__  # type: ignore[attr-defined]
 _TASKS: Table = ProviderTask.__table__  # type: ignore[attr-defined]
 _PAUSES: Table = AccountPause.__table__  # type: ignore[attr-defined]
+_EVENTS: Table = JobEvent.__table__  # type: ignore[attr-defined]
 # Built once: the job, whether its batch holds it back, and whether its account is paused by hand.
 _TO_SEND = (
     select(
@@ -147,7 +148,7 @@ _TO_SEND = (
 def submit_job(runtime: Runtime, job_id: int) -> AfterSubmit:
     """Send the job if it is still queued, and record what the provider answered."""
     now = utcnow()
-    with session_scope(runtime.engine) as session:
+    with transaction(runtime.engine) as session:
         # Read, looked over and claimed in one transaction, the reading in one statement.
         row = session.execute(_TO_SEND, {"job_id": job_id, "now": now}).first()
         if row is None or row.state != JobState.QUEUED.value or row.account is None:
@@ -236,12 +237,13 @@ def record_submitted(
     done: dict[str, Any] = {"error": None, "holder": None, "lease_until": None}
     if isinstance(submitted, Started) and submitted.credits_used is not None:
         done["credits"] = submitted.credits_used
-    with session_scope(runtime.engine) as session:
+    with transaction(runtime.engine) as session:
         moved = move(session, job.id, source, target, **done)
         if not moved and source is JobState.SUBMITTING:
             moved = move(session, job.id, JobState.UNCERTAIN, target, **done)
             if moved:
-                session.add(JobEvent(job_id=job.id, event="answer arrived late", detail="taken as the job's after all"))
+                late = {"event": "answer arrived late", "detail": "taken as the job's after all"}
+                session.execute(insert(_EVENTS), {"job_id": job.id, "at": now, **late})
         if not moved:
             # Written already by an attempt whose commit was not acknowledged (the database restarting)?
             stored = session.execute(select(JOBS.c.state).where(JOBS.c.id == job.id)).scalar()

@@ -38,7 +38,7 @@ from workers import keys
 from workers.providers import ADAPTERS
 from workers.providers.base import Provider
 
-QUANTILE = 0.9
+QUANTILE = 0.95
 """The share of tasks that should be done at their first poll."""
 WINDOW = 200
 """Finished tasks remembered per provider and model."""
@@ -46,9 +46,9 @@ EARLY_SHARE = 0.95
 """What a task found done at its first poll counts as, a share of that poll's time."""
 FAST_SHARE = 0.7
 """The same while none of the last ``RECENT`` finished tasks was missed at its first poll."""
-RECENT = 30
-"""Finished tasks looked at for a miss: at the right delay one in ten is missed, so 30 in a row found
-done happens by chance about once in 25 times."""
+RECENT = 60
+"""Finished tasks looked at for a miss: at the right delay one in twenty is missed, so 60 in a row
+found done happens by chance about once in 20 times."""
 FOLLOW_UP_SHARE = 0.1
 """After a first poll that found a task still running, the next comes this share of the delay later."""
 FRESH_SECONDS = 1.0
