@@ -14,6 +14,7 @@ import io
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 
 from sqlalchemy import Engine
@@ -57,7 +58,14 @@ class RowResult:
     sheet: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The row as ``asdict`` gives it, built without its deep copy: a batch's end writes one for
+        every row, and ``json.dumps`` only reads it."""
+        row = {name: getattr(self, name) for name in _ROW_FIELDS}
+        row["pictures"] = [asdict(picture) for picture in self.pictures]
+        return row
+
+
+_ROW_FIELDS = tuple(f.name for f in dataclass_fields(RowResult))
 
 
 def row_results(

@@ -448,7 +448,9 @@ def _reschedule_in(
         if wait is None:
             start = runtime.timing.default_delay(task.provider) if first is None else first
             age = (now - task.submitted_at).total_seconds()
-            delay = max(next_poll_delay(runtime.settings, task.polls + 1, start, age=age), at_least)
+            # Tasks asked about in one request go on together: their follow-ups share requests too.
+            alone = adapter_class(task.provider).batch_poll_size == 1
+            delay = max(next_poll_delay(runtime.settings, task.polls + 1, start, age=age, jitter=alone), at_least)
             values |= {"polls": task.polls + 1, "poll_due_at": now + timedelta(seconds=delay)}
         else:
             delay = max(wait, at_least)
@@ -461,10 +463,11 @@ def _reschedule_in(
         )
 
 
-def next_poll_delay(settings: Settings, polls: int, first: float, *, age: float) -> float:
+def next_poll_delay(settings: Settings, polls: int, first: float, *, age: float, jitter: bool = True) -> float:
     """Seconds to the next poll after ``polls`` that found the task running: ``follow_up_gap``, with
-    jitter so tasks submitted together do not stay in lockstep."""
-    return follow_up_gap(settings, polls, first, age=age) * random.uniform(0.8, 1.2)
+    jitter so tasks submitted together do not stay in lockstep, where each task takes a request of
+    its own; where one request asks about many, lockstep is what lets their follow-ups share one."""
+    return follow_up_gap(settings, polls, first, age=age) * (random.uniform(0.8, 1.2) if jitter else 1.0)
 
 
 def follow_up_gap(settings: Settings, polls: int, first: float, *, age: float) -> float:
