@@ -138,6 +138,13 @@ def test_each_provider_and_model_learns_its_own_delay(clean_redis):
     assert learned.first_poll_delay("girlgenerator", "pro") == 2.0
 
 
+def test_a_default_set_below_the_floor_is_the_floor(clean_redis):
+    learned = times(clean_redis, default=0.2, floor=0.5)
+    for _ in range(300):
+        learned.observe_finished("gencraft", None, due=0.2, previous=None)
+    assert learned.first_poll_delay("gencraft", None) == 0.2
+
+
 def test_the_delay_stays_within_its_bounds(clean_redis):
     learned = times(clean_redis, floor=1.0, ceiling=30.0)
     learned.observe_finished("qtpixel", None, due=410.0, previous=390.0)

@@ -249,8 +249,9 @@ def download(runtime: Runtime, url: str) -> bytes:
     limit = runtime.settings.max_image_bytes
     if url.startswith("data:"):
         return _inline(url, limit)
-    shown = shown_url(url)
-    request = runtime.http.build_request("GET", _parsed(url))
+    target = _parsed(url)
+    shown = _shown(target)
+    request = runtime.http.build_request("GET", target)
     hops = 0
     try:
         while True:
@@ -297,7 +298,11 @@ def shown_url(url: str) -> str:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError, ValueError):
         return _clip(repr(url.split("?", 1)[0].split("#", 1)[0]))
-    return _clip(f"{parsed.scheme}://{parsed.netloc.decode('ascii', 'replace')}{parsed.path}")
+    return _shown(parsed)
+
+
+def _shown(url: httpx.URL) -> str:
+    return _clip(f"{url.scheme}://{url.netloc.decode('ascii', 'replace')}{url.path}")
 
 
 def _parsed(url: str) -> httpx.URL:

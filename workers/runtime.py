@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any
 
 import httpx
 import redis
@@ -33,6 +34,33 @@ from workers.timing import CompletionTimes
 
 MAX_CONNECTIONS_PER_ACCOUNT = 20
 """Connections one account's client may hold open at once (keep-alive, reused by every thread)."""
+
+
+class NoCookies(httpx.Cookies):
+    """A jar that takes nothing from what is answered."""
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        pass
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        pass
+
+
+class CookielessClient(httpx.Client):
+    """A client that keeps no cookies: provider APIs take a key, not a session, and what a CDN sets
+    has no business in the next request. It also spares every answer httpx's cookie-jar pass."""
+
+    def __init__(self, **options: Any) -> None:
+        super().__init__(**options)
+        self._no_cookies = NoCookies()
+
+    @property  # type: ignore[override]
+    def cookies(self) -> httpx.Cookies:
+        return self._no_cookies
+
+    @cookies.setter
+    def cookies(self, _cookies: object) -> None:
+        pass
 
 
 @dataclass
@@ -87,7 +115,7 @@ class Runtime:
         # Every request goes out through the guard: public addresses, the accounts' own and the trusted.
         policy = address_policy(self.accounts, self.settings.trusted())
         limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
-        return httpx.Client(
+        return CookielessClient(
             transport=GuardedTransport(policy, limits=limits),
             timeout=httpx.Timeout(self.settings.http_timeout, connect=min(10.0, self.settings.http_timeout)),
             follow_redirects=False,

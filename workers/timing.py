@@ -51,6 +51,9 @@ RECENT = 60
 found done happens by chance about once in 20 times."""
 FOLLOW_UP_SHARE = 0.1
 """After a first poll that found a task still running, the next comes this share of the delay later."""
+FLOOR = 0.5
+"""Seconds; the shortest delay learned, unless the default set is shorter: whoever set that knows
+their provider can answer so soon, and a delay learned back up to the floor would only wait."""
 FRESH_SECONDS = 1.0
 """How long a process keeps a delay it read or learned before it asks Redis again: a submit or a poll
 reads it for every task, and a delay a second old is as good as the latest."""
@@ -116,16 +119,17 @@ class CompletionTimes:
         *,
         default: float | None = None,
         typical: Callable[[str], float] = typical_seconds,
-        floor: float = 0.5,
+        floor: float = FLOOR,
         ceiling: float = 600.0,
     ) -> None:
         """``default``: seconds to the first poll before anything is learned, for every provider;
-        None leaves it to ``typical`` (the provider's typical generation time)."""
+        None leaves it to ``typical`` (the provider's typical generation time). A default below
+        ``floor`` is the floor instead."""
         self._client = client
         self._observe = client.register_script(_OBSERVE)
         self.default = default
         self._typical = typical
-        self.floor = floor
+        self.floor = floor if default is None else min(floor, default)
         self.ceiling = ceiling
         self._fresh: dict[str, tuple[float, float]] = {}
         """The delay each field had when this process last read or learned it, and when (monotonic)."""
